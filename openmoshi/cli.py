@@ -1,0 +1,45 @@
+"""The `openmoshi` command line: `openmoshi <command> ...`.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`; this file only
+dispatches, and imports a command's module (and therefore torch) only when that command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported lazily so `openmoshi --help` is instant.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("openmoshi.commands.demo", "the main job: a Mimi round trip of the bundled example recording"),
+    "codec": ("openmoshi.commands.codec", "encode audio to Mimi codes, decode codes to audio"),
+    "helium": ("openmoshi.commands.helium", "run a checkpoint's temporal transformer as a text model"),
+    "chat": ("openmoshi.commands.chat", "talk with Moshi, from a recording or a microphone"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="openmoshi", description="openmoshi: Moshi, from scratch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = argv[0] if argv else None
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(p)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.main(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

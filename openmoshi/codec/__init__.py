@@ -1,0 +1,1 @@
+"""Mimi: the streaming neural audio codec (SEANet + transformers + split RVQ)."""

@@ -1,0 +1,1 @@
+"""One module per `openmoshi` subcommand: `add_arguments(parser)` and `main(args)`."""

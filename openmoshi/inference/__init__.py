@@ -1,0 +1,1 @@
+"""Streaming inference: sampling, the generator, duplex sessions, model loading."""

@@ -1,0 +1,1 @@
+"""The Moshi language model: Helium (temporal) and the Depth transformer."""

@@ -1,0 +1,1 @@
+"""Streaming building blocks that know nothing of audio or of Moshi."""
