@@ -1,0 +1,63 @@
+"""SentencePiece wrapper: special ids, display text, streaming decode; a tiny model is trained on the fly."""
+
+import pytest
+import sentencepiece
+
+from openmoshi.lm.text import TEXT_EPAD_ID, TEXT_PAD_ID, TextStreamDecoder, TextTokenizer, piece_to_text
+
+CORPUS = """Hello there, how are you doing today?
+I am fine, thank you very much for asking.
+The weather is lovely and the birds are singing.
+Moshi is a speech text foundation model for real time dialogue.
+We talk about music, science, cooking and travel.
+Numbers like 12345 are split into digits.
+""" * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    d = tmp_path_factory.mktemp("spm")
+    (d / "corpus.txt").write_text(CORPUS + "café naïve\n")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(d / "corpus.txt"), model_prefix=str(d / "tiny"), vocab_size=320, byte_fallback=True,
+        split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
+    )
+    return TextTokenizer(d / "tiny.model", text_card=512)
+
+
+def test_special_ids(tokenizer):
+    assert TEXT_PAD_ID == tokenizer.pad_id == 3 and TEXT_EPAD_ID == tokenizer.epad_id == 0
+    assert tokenizer.initial_id == 512
+    for t in (0, 3, 512, -1, -2):
+        assert tokenizer.is_special(t) and tokenizer.display(t) == ""
+    assert tokenizer.decode([3, 0, 3]) == ""
+
+
+def test_round_trip_and_display(tokenizer):
+    ids = tokenizer.encode("Hello there, how are you?")
+    assert tokenizer.decode(ids) == "Hello there, how are you?"
+    shown = "".join(tokenizer.display(i) for i in ids)
+    assert shown.strip() == "Hello there, how are you?"
+    assert any(tokenizer.piece(i).startswith("\u2581") for i in ids)
+    assert piece_to_text("\u2581word") == " word"
+
+
+def test_stream_decoder_joins_byte_pieces(tokenizer):
+    ids = tokenizer.encode("Hello 日本")  # not in the corpus: byte fallback, multi-byte UTF-8
+    assert any(tokenizer.sp.is_byte(i) for i in ids)
+    dec = TextStreamDecoder(tokenizer)
+    out = "".join(dec.push(i) for i in [3] + ids + [0])
+    assert out.strip() == "Hello 日本"
+
+
+def test_tokenizer_larger_than_model_is_refused(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="text_card"):
+        TextTokenizer(tokenizer.sp.serialized_model_proto() and _write(tmp_path, tokenizer), text_card=50)
+    with pytest.raises(FileNotFoundError):
+        TextTokenizer(tmp_path / "missing.model")
+
+
+def _write(tmp_path, tokenizer):
+    p = tmp_path / "copy.model"
+    p.write_bytes(tokenizer.sp.serialized_model_proto())
+    return p
