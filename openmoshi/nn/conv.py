@@ -1,0 +1,190 @@
+"""Causal streaming 1-d convolutions (plain and transposed), layout [B, C, T].
+
+Batch and streaming give the same output: a streaming call may take any number of samples and emits every
+output frame that is complete; feeding a sequence in chunks yields the whole-sequence output in pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .streaming import StreamingModule, StreamingState, where_rows
+
+
+@dataclass
+class _ConvState(StreamingState):
+    pending: torch.Tensor  # [B, C, L]: left padding + input samples not yet consumed by a full frame
+    first: torch.Tensor  # [B] bool: no input seen yet (replicate padding is decided on the first call)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        self.pending = where_rows(mask, torch.zeros_like(self.pending), self.pending)
+        self.first = self.first | mask
+
+
+class StreamingConv1d(StreamingModule[_ConvState]):
+    """Causal Conv1d: [B, C_in, T] -> [B, C_out, ceil(T / stride)].
+
+    Left padding is (kernel_size - 1) * dilation + 1 - stride samples: zeros, or copies of the first sample with
+    `pad_mode="replicate"`. Batch mode pads on the right just enough to complete the last frame.
+    With an exec mask in streaming, chunks must be whole multiples of `stride` (the buffer length is shared).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        pad_mode: str = "constant",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"pad_mode must be 'constant' or 'replicate', got {pad_mode!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"channels ({in_channels}, {out_channels}) must be divisible by groups={groups}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
+        self.pad_mode = pad_mode
+        self.effective_kernel = (kernel_size - 1) * dilation + 1
+        if self.effective_kernel < stride:
+            raise ValueError(f"effective kernel {self.effective_kernel} must be >= stride {stride}")
+        self.padding = self.effective_kernel - stride
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, **kw))
+        self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fan_in = self.weight.shape[1] * self.kernel_size
+        bound = 1 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def init_state(self, batch_size: int, exec_mask: torch.Tensor) -> _ConvState:
+        pending = torch.zeros(batch_size, self.in_channels, self.padding,
+                              device=self.weight.device, dtype=self.weight.dtype)
+        first = torch.ones(batch_size, dtype=torch.bool, device=self.weight.device)
+        return _ConvState(batch_size, exec_mask, pending, first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input [B, {self.in_channels}, T], got {list(x.shape)}")
+        state = self.state
+        if state is None:
+            return self._forward_batch(x)
+        pending = state.pending
+        if self.pad_mode == "replicate" and pending.shape[-1] == self.padding and x.shape[-1] > 0:
+            # Rows starting a stream replicate their first sample, like batch mode does.
+            first_pad = x[:, :, :1].expand(-1, -1, self.padding)
+            pending = where_rows(state.first, first_pad, pending)
+        full = torch.cat([pending, x], dim=-1) if pending.shape[-1] else x
+        length = full.shape[-1]
+        frames = (length - self.effective_kernel) // self.stride + 1 if length >= self.effective_kernel else 0
+        consumed = frames * self.stride
+        if frames > 0:
+            used = (frames - 1) * self.stride + self.effective_kernel
+            y = self._conv(full[:, :, :used])
+        else:
+            y = full.new_zeros(full.shape[0], self.out_channels, 0)
+        new_pending = full[:, :, consumed:]
+        if new_pending.shape == state.pending.shape:
+            new_pending = where_rows(state.exec_mask, new_pending, state.pending)
+        state.pending = new_pending.contiguous()
+        if x.shape[-1] > 0:
+            state.first = state.first & ~state.exec_mask
+        return y
+
+    def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-1]
+        frames = math.ceil(length / self.stride) if length > 0 else 0
+        extra = max(0, (frames - 1) * self.stride + self.effective_kernel - (self.padding + length))
+        if self.padding and self.pad_mode == "replicate":
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.padding), x], dim=-1)
+            x = F.pad(x, (0, extra))
+        else:
+            x = F.pad(x, (self.padding, extra))
+        return self._conv(x)
+
+
+@dataclass
+class _ConvTrState(StreamingState):
+    partial: torch.Tensor  # [B, C_out, K - stride]: overlap-add tail of the previous call, without bias
+
+    def reset(self, mask: torch.Tensor) -> None:
+        self.partial = where_rows(mask, torch.zeros_like(self.partial), self.partial)
+
+
+class StreamingConvTranspose1d(StreamingModule[_ConvTrState]):
+    """Causal ConvTranspose1d: [B, C_in, T] -> [B, C_out, T * stride].
+
+    The raw transposed convolution is (T - 1) * stride + K long; the last K - stride samples depend on future
+    input, so batch mode drops them and streaming keeps them to overlap-add into the next call.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if kernel_size < stride:
+            raise ValueError(f"kernel_size {kernel_size} must be >= stride {stride}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"channels ({in_channels}, {out_channels}) must be divisible by groups={groups}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels // groups, kernel_size, **kw))
+        self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.weight.shape[1] * self.kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def init_state(self, batch_size: int, exec_mask: torch.Tensor) -> _ConvTrState:
+        partial = torch.zeros(batch_size, self.out_channels, self.kernel_size - self.stride,
+                              device=self.weight.device, dtype=self.weight.dtype)
+        return _ConvTrState(batch_size, exec_mask, partial)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input [B, {self.in_channels}, T], got {list(x.shape)}")
+        state = self.state
+        out_len = x.shape[-1] * self.stride
+        if state is None:
+            y = F.conv_transpose1d(x, self.weight, self.bias, self.stride, groups=self.groups)
+            return y[:, :, :out_len]
+        if x.shape[-1] == 0:
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
+        y = F.conv_transpose1d(x, self.weight, None, self.stride, groups=self.groups)
+        tail = self.kernel_size - self.stride
+        if tail:
+            y = torch.cat([y[:, :, :tail] + state.partial, y[:, :, tail:]], dim=-1)
+            state.partial = where_rows(state.exec_mask, y[:, :, out_len:], state.partial).contiguous()
+        out = y[:, :, :out_len]
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out

@@ -1,0 +1,57 @@
+"""Normalisations and LayerScale, layout [..., D]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias over the last dim (params `weight`, `bias` [D])."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """y = x * weight * rsqrt(mean(x^2) + eps), computed in fp32 and cast back (param `weight` [D]).
+
+    fp32 matters in bf16 mode: the mean of squares of a 4096-wide activation loses precision in bf16.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        var = xf.pow(2).mean(dim=-1, keepdim=True)
+        y = xf * (self.weight.float() * torch.rsqrt(var + self.eps))
+        return y.to(x.dtype)
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (param `scale` [D])."""
+
+    def __init__(self, dim: int, init: float = 1e-4, device=None, dtype=None) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), init, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def make_norm(kind: str, dim: int, eps: float, device=None, dtype=None) -> nn.Module:
+    if kind == "layer_norm":
+        return LayerNorm(dim, eps, device=device, dtype=dtype)
+    if kind == "rms_norm":
+        return RMSNorm(dim, eps, device=device, dtype=dtype)
+    raise ValueError(f"unknown norm {kind!r}: expected 'layer_norm' or 'rms_norm'")

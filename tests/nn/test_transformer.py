@@ -1,0 +1,110 @@
+"""Transformer/attention: chunked streaming equals batch at any chunking, past the context window too;
+per-row reset and exec mask; per-step weights."""
+
+import random
+
+import pytest
+import torch
+
+from openmoshi.nn.streaming import reset_streaming, set_exec_mask, streaming
+from openmoshi.nn.transformer import Transformer, TransformerConfig
+
+
+def _cfg(**kw) -> TransformerConfig:
+    base = dict(d_model=32, num_heads=4, num_layers=2, dim_feedforward=64, context=12, layer_scale=0.1)
+    base.update(kw)
+    return TransformerConfig(**base)
+
+
+def _feed(model, x, sizes):
+    outs, start = [], 0
+    with streaming(model, x.shape[0]):
+        for n in sizes:
+            outs.append(model(x[:, start:start + n]))
+            start += n
+    return torch.cat(outs, dim=1)
+
+
+def _random_sizes(total, rng, max_chunk=7):
+    sizes = []
+    while total > 0:
+        n = min(total, rng.randint(1, max_chunk))
+        sizes.append(n)
+        total -= n
+    return sizes
+
+
+@pytest.mark.parametrize("cfg", [
+    _cfg(),
+    _cfg(norm="rms_norm", norm_eps=1e-8, gating="silu", layer_scale=None),
+    _cfg(rope_max_period=None, context=5),
+    _cfg(context=3, num_layers=1),
+])
+def test_streaming_equals_batch_past_the_window(cfg):
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    x = torch.randn(2, 40, cfg.d_model)  # > 3x the context window
+    with torch.no_grad():
+        ref = model(x)
+        rng = random.Random(1)
+        for sizes in ([1] * 40, [40], _random_sizes(40, rng), _random_sizes(40, rng, max_chunk=20)):
+            torch.testing.assert_close(_feed(model, x, sizes), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_window_is_exactly_context():
+    """Changing an input more than `context` steps back leaves the output unchanged; one step less changes it."""
+    model = Transformer(_cfg(num_layers=1, context=6)).eval()
+    x = torch.randn(1, 20, 32)
+    y = x.clone()
+    y[:, 13] += torch.randn(32)
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.allclose(a[:, :13], b[:, :13])
+    assert not torch.allclose(a[:, 18], b[:, 18])  # 18 - 13 = 5 < 6: still seen
+    torch.testing.assert_close(a[:, 19], b[:, 19])  # 19 - 13 = 6: out of the window
+
+
+def test_reset_row_and_exec_mask():
+    model = Transformer(_cfg()).eval()
+    a, b = torch.randn(1, 9, 32), torch.randn(1, 9, 32)
+    with torch.no_grad(), streaming(model, 2):
+        model(torch.cat([a[:, :4], a[:, :4]]))
+        reset_streaming(model, torch.tensor([False, True]))
+        set_exec_mask(model, torch.tensor([True, False]))
+        model(torch.cat([a[:, 4:6], torch.randn(1, 2, 32)]))  # row 1 skips this
+        set_exec_mask(model, None)
+        out = model(torch.cat([a[:, 6:9], b[:, :3]]))
+    with torch.no_grad():
+        ref_a, ref_b = model(a), model(b)
+    torch.testing.assert_close(out[0], ref_a[0, 6:9], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], ref_b[0, :3], rtol=1e-5, atol=1e-5)
+
+
+def test_per_step_weights_stream_one_step_at_a_time():
+    cfg = _cfg(num_steps=4, context=None, rope_max_period=None, gating="silu", norm="rms_norm", layer_scale=None)
+    model = Transformer(cfg).eval()
+    assert model.layers[0].attn.in_proj.weight.shape == (4, 96, 32)
+    assert model.layers[0].ff.linear_in.weight.shape == (4, 128, 32)
+    x = torch.randn(3, 4, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with streaming(model, 3):
+            for _frame in range(2):  # the depth transformer restarts every frame
+                out = torch.cat([model(x[:, t:t + 1]) for t in range(4)], dim=1)
+                torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+                reset_streaming(model)
+    # step t really uses weights t: changing weights of step 2 changes only position 2 onward
+    with torch.no_grad():
+        model.layers[0].ff.linear_out.weight[2] += 1.0
+        changed = model(x)
+    torch.testing.assert_close(changed[:, :2], ref[:, :2])
+    assert not torch.allclose(changed[:, 2], ref[:, 2])
+    with pytest.raises(ValueError, match="exceed"):
+        model(torch.randn(1, 5, 32))
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="divisible"):
+        _cfg(d_model=30)
+    with pytest.raises(ValueError, match="gating"):
+        _cfg(gating="relu")
