@@ -1,0 +1,130 @@
+"""Kyutai's Mimi tensor names -> ours, and strict loading from safetensors.
+
+Two Kyutai namings are accepted: the in-memory one of the reference package (`self_attn.in_projs.0.weight`,
+`self_attn.out_projs.0.weight`) and the one of the published files (`self_attn.in_proj_weight`,
+`self_attn.out_proj.weight`). Our own naming is accepted as is, so a state saved from our model loads back.
+
+Kyutai's SEANet is one flat `model` Sequential; its indices map to our named stages:
+encoder: 0 conv_in, 1+3s residual of stage s, 3+3s down conv of stage s, 14 conv_out;
+decoder: 0 conv_in, 2+3s up conv (transposed) of stage s, 3+3s residual of stage s, 14 conv_out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: the message lists every offending tensor."""
+
+
+def _seanet(part: str, idx: int, rest: str, num_stages: int) -> str | None:
+    last = 3 * num_stages + 2
+    if idx == 0:
+        return f"{part}.conv_in.{rest}"
+    if idx == last:
+        return f"{part}.conv_out.{rest}"
+    stage, offset = divmod(idx - 1, 3) if part == "encoder" else divmod(idx - 2, 3)
+    block = re.fullmatch(r"block\.(1|3)\.conv\.conv\.(weight|bias)", rest)
+    if part == "encoder":
+        if offset == 0 and block:
+            return f"encoder.stages.{stage}.residual.{'conv1' if block[1] == '1' else 'conv2'}.{block[2]}"
+        if offset == 2 and (m := re.fullmatch(r"conv\.conv\.(weight|bias)", rest)):
+            return f"encoder.stages.{stage}.down.{m[1]}"
+    else:
+        if offset == 0 and (m := re.fullmatch(r"convtr\.convtr\.(weight|bias)", rest)):
+            return f"decoder.stages.{stage}.up.{m[1]}"
+        if offset == 1 and block:
+            return f"decoder.stages.{stage}.residual.{'conv1' if block[1] == '1' else 'conv2'}.{block[2]}"
+    return None
+
+
+_TRANSFORMER_LEAVES = {
+    "self_attn.in_projs.0.weight": "attn.in_proj.weight",
+    "self_attn.in_proj_weight": "attn.in_proj.weight",
+    "self_attn.out_projs.0.weight": "attn.out_proj.weight",
+    "self_attn.out_proj.weight": "attn.out_proj.weight",
+    "linear1.weight": "ff.linear1.weight",
+    "linear2.weight": "ff.linear2.weight",
+}
+
+
+def kyutai_to_ours(name: str, num_stages: int = 4) -> str | None:
+    """Our name for one of Kyutai's Mimi tensor names, or None when it has no counterpart."""
+    if m := re.fullmatch(r"(encoder|decoder)\.model\.(\d+)\.(.+)", name):
+        return _seanet(m[1], int(m[2]), m[3], num_stages)
+    if m := re.fullmatch(r"(encoder|decoder)_transformer\.transformer\.layers\.(\d+)\.(.+)", name):
+        leaf = _TRANSFORMER_LEAVES.get(m[3], m[3])
+        return f"{m[1]}_transformer.layers.{m[2]}.{leaf}"
+    if m := re.fullmatch(r"quantizer\.rvq_(first|rest)\.(input_proj|output_proj)\.weight", name):
+        return f"quantizer.{'semantic' if m[1] == 'first' else 'acoustic'}.{m[2]}"
+    if m := re.fullmatch(r"quantizer\.rvq_(first|rest)\.vq\.layers\.(\d+)\._codebook\.(\w+)", name):
+        return f"quantizer.{'semantic' if m[1] == 'first' else 'acoustic'}.codebooks.{m[2]}.{m[3]}"
+    if name == "downsample.conv.conv.conv.weight":
+        return "downsample.weight"
+    if name == "upsample.convtr.convtr.convtr.weight":
+        return "upsample.weight"
+    return None
+
+
+def convert_state(
+    state: Mapping[str, Tensor], ours: set[str], rename: Callable[[str], str | None] = kyutai_to_ours
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename a state to our names. Returns (converted, names that map to nothing)."""
+    out: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for name, value in state.items():
+        target = name if name in ours else rename(name)
+        if target is None:
+            unknown.append(name)
+        elif target in out:
+            unknown.append(f"{name} (duplicate of another name for {target})")
+        else:
+            out[target] = value
+    return out, unknown
+
+
+def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:
+    """Strictly load a state in Kyutai's or our naming into `model` (values are cast to the model's dtype).
+
+    Raises CheckpointError listing missing, unexpected and mis-shaped tensors; nothing is loaded then.
+    """
+    expected = model.state_dict()
+    converted, unexpected = convert_state(state, set(expected))
+    missing = sorted(set(expected) - set(converted))
+    wrong_shape = [
+        f"{name}: file {tuple(value.shape)} vs model {tuple(expected[name].shape)}"
+        for name, value in converted.items()
+        if name in expected and value.shape != expected[name].shape
+    ]
+    unexpected += [name for name in converted if name not in expected]
+    if missing or unexpected or wrong_shape:
+        lines = [f"{source} does not fit the model:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if items:
+                lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(converted[name])
+    # Buffers edited in place bump their version counters; the codebook caches see it.
+
+
+def load_safetensors(model: nn.Module, path: str | Path) -> None:
+    """Load a safetensors file (Kyutai's or our naming) into `model`, strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    load_state(model, state, source=str(path))

@@ -1,0 +1,173 @@
+"""Mimi's quantizer: Euclidean codebooks, residual VQ and the split (semantic + acoustic) RVQ.
+
+Layouts: latents are [B, D, F] (D = 512 for Mimi, F frames at 12.5 Hz); codes are integer [B, K, F].
+
+The split RVQ quantises the same latent twice in parallel: one semantic codebook, and a residual stack of
+acoustic codebooks. Each part projects 512 -> 256 with its own 1x1 projection (no bias), takes residuals in the
+256-d space, sums its decoded levels and projects back 256 -> 512; the two parts' outputs are summed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerConfig:
+    """Split RVQ sizes. `num_semantic + num_acoustic` is the most codebooks `encode` can produce."""
+
+    dimension: int = 512  # latent channels in and out
+    codebook_dim: int = 256  # projected space where residuals are taken
+    codebook_size: int = 2048
+    num_semantic: int = 1
+    num_acoustic: int = 31
+    epsilon: float = 1e-5  # floor of cluster_usage when dividing the EMA sums
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.num_semantic + self.num_acoustic
+
+    @classmethod
+    def mimi(cls) -> QuantizerConfig:
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> QuantizerConfig:
+        return cls(dimension=32, codebook_dim=16, codebook_size=64, num_semantic=1, num_acoustic=7)
+
+
+class EuclideanCodebook(nn.Module):
+    """A codebook stored as EMA statistics: entry i = embedding_sum[i] / max(cluster_usage[i], epsilon).
+
+    The division is done once and cached. The cache is keyed on the identity and version counter of both
+    buffers, so loading a state dict, moving the module or editing the buffers in place all invalidate it.
+    """
+
+    def __init__(self, size: int, dim: int, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        self.size = size
+        self.dim = dim
+        self.epsilon = epsilon
+        self.register_buffer("embedding_sum", torch.zeros(size, dim))
+        self.register_buffer("cluster_usage", torch.ones(size))
+        self.register_buffer("_initialized", torch.zeros(1))
+        self._cache_key: tuple | None = None
+        self._cache: tuple[Tensor, Tensor] | None = None
+
+    def _key(self) -> tuple:
+        s, u = self.embedding_sum, self.cluster_usage
+        return (s.data_ptr(), s._version, s.dtype, s.device, u.data_ptr(), u._version)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+        self._cache_key = self._cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def codebook_and_augmented(self) -> tuple[Tensor, Tensor]:
+        """The codebook [N, D] and the augmented codebook [N, D + 2] = [c | 1 | |c|^2] used for distances."""
+        key = self._key()
+        if self._cache is None or key != self._cache_key:
+            with torch.no_grad():
+                usage = self.cluster_usage.float().clamp(min=self.epsilon)
+                codebook = (self.embedding_sum.float() / usage[:, None]).to(self.embedding_sum.dtype)
+                norms = codebook.pow(2).sum(-1, keepdim=True)
+                augmented = torch.cat([codebook, torch.ones_like(norms), norms], dim=-1)
+            self._cache, self._cache_key = (codebook, augmented.t().contiguous()), key
+        return self._cache
+
+    @property
+    def codebook(self) -> Tensor:
+        return self.codebook_and_augmented()[0]
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Nearest entry of each vector: x [N, D] -> integer codes [N] (first index on ties)."""
+        _, augmented_t = self.codebook_and_augmented()
+        # |x - c| in matmul form, [-2x | |x|^2 | 1] @ [c | 1 | |c|^2]^T: one GEMM. Keeping |x|^2 in the sum and
+        # taking the clamped sqrt rounds exactly as torch.cdist does, so near-ties resolve like the reference.
+        xn = x.pow(2).sum(-1, keepdim=True)
+        dists = torch.cat([x * -2.0, xn, torch.ones_like(xn)], dim=-1) @ augmented_t.to(x.dtype)
+        return dists.clamp_min_(0).sqrt_().argmin(dim=-1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [...] -> vectors [..., D]."""
+        return F.embedding(codes, self.codebook)
+
+
+def _project(weight: Tensor, x: Tensor) -> Tensor:
+    """A bias-free 1x1 conv on the last dim: weight [out, in, 1], x [..., in] -> [..., out]."""
+    return x @ weight[:, :, 0].to(x.dtype).t()
+
+
+class ResidualVQ(nn.Module):
+    """A stack of codebooks, each quantising what the previous ones left, with 1x1 projections in and out."""
+
+    def __init__(self, num_levels: int, cfg: QuantizerConfig) -> None:
+        super().__init__()
+        self.input_proj = nn.Parameter(torch.empty(cfg.codebook_dim, cfg.dimension, 1))
+        self.output_proj = nn.Parameter(torch.empty(cfg.dimension, cfg.codebook_dim, 1))
+        self.codebooks = nn.ModuleList(
+            EuclideanCodebook(cfg.codebook_size, cfg.codebook_dim, cfg.epsilon) for _ in range(num_levels)
+        )
+        for p in (self.input_proj, self.output_proj):
+            nn.init.normal_(p, std=p.shape[1] ** -0.5)
+
+    def encode(self, x: Tensor, num_levels: int) -> Tensor:
+        """x [B, F, dimension] (channels last) -> codes [B, num_levels, F]."""
+        b, f, _ = x.shape
+        residual = _project(self.input_proj, x).reshape(b * f, -1)
+        codes = []
+        for level, codebook in enumerate(self.codebooks[:num_levels]):
+            idx = codebook.encode(residual)
+            codes.append(idx)
+            if level + 1 < num_levels:  # the last residual is never used
+                residual = residual - codebook.decode(idx)
+        return torch.stack(codes, dim=0).view(num_levels, b, f).transpose(0, 1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, L, F] -> [B, F, dimension] (channels last)."""
+        total = self.codebooks[0].decode(codes[:, 0])
+        for level in range(1, codes.shape[1]):
+            total = total + self.codebooks[level].decode(codes[:, level])
+        return _project(self.output_proj, total)
+
+
+class SplitResidualVQ(nn.Module):
+    """Mimi's quantizer: `semantic` (first codebook) and `acoustic` (the rest), both fed the same latent."""
+
+    def __init__(self, cfg: QuantizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.semantic = ResidualVQ(cfg.num_semantic, cfg)
+        self.acoustic = ResidualVQ(cfg.num_acoustic, cfg)
+
+    def _check_k(self, k: int) -> None:
+        lo, hi = self.cfg.num_semantic, self.cfg.num_codebooks
+        if not lo <= k <= hi:
+            raise ValueError(f"number of codebooks must be in {lo}..{hi}, got {k}")
+
+    def encode(self, latent: Tensor, num_codebooks: int | None = None) -> Tensor:
+        """latent [B, dimension, F] -> codes [B, K, F] (int64), K = num_codebooks (default: all)."""
+        k = self.cfg.num_codebooks if num_codebooks is None else num_codebooks
+        self._check_k(k)
+        x = latent.transpose(1, 2)
+        n_sem = self.cfg.num_semantic
+        codes = self.semantic.encode(x, n_sem)
+        if k > n_sem:
+            codes = torch.cat([codes, self.acoustic.encode(x, k - n_sem)], dim=1)
+        return codes
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, K, F] -> latent [B, dimension, F]."""
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be [B, K, F], got shape {tuple(codes.shape)}")
+        self._check_k(codes.shape[1])
+        if codes.dtype.is_floating_point:
+            raise TypeError(f"codes must be integers, got {codes.dtype}")
+        n_sem = self.cfg.num_semantic
+        out = self.semantic.decode(codes[:, :n_sem])
+        if codes.shape[1] > n_sem:
+            out = out + self.acoustic.decode(codes[:, n_sem:])
+        return out.transpose(1, 2)
