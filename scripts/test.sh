@@ -9,7 +9,7 @@ $PIP install -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('moshi') == '0.2.13'" 2>/dev/null; then
   $PIP install --no-deps "moshi==0.2.13" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 fi
-"$VENV/bin/python" -m ruff check "$ROOT/openmoshi" "$ROOT/tests" "$ROOT/bench"
+"$VENV/bin/python" -m ruff check "$ROOT"
 cd "$ROOT"
 export NO_TORCH_COMPILE=1
 exec "$VENV/bin/python" -m pytest -q "$@"
