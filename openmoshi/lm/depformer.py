@@ -1,0 +1,87 @@
+"""The depth transformer: generates one time step's audio codebooks, one codebook per depth step.
+
+Depth step k (0 <= k < S = dep_q) gets in_proj[k](h) + (text_emb(text token) if k == 0 else
+audio_emb[k-1](codebook k-1)), where h [B, D] is the temporal transformer's normalised output for this time step;
+its output goes through heads[k] -> logits over the `card` audio codes. Every step has its own attention, gating,
+input projection and head weights (stacked along a leading [S] dim); norms are shared; no positional embedding;
+a fresh S-long sequence per time step.
+
+Parameters: `in_proj.weight` [S, Dd, D], `text_emb.weight` [text_card + 1, Dd], `audio_emb.weight`
+[S - 1, card + 1, Dd], `transformer.*` (nn.Transformer with num_steps = S), `heads.weight` [S, card, Dd].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..nn.linear import StepLinear
+from ..nn.streaming import reset_streaming
+from ..nn.transformer import Transformer, TransformerConfig
+from .config import LMConfig
+from .embeddings import Embedding, StackedEmbedding
+
+
+class DepthTransformer(nn.Module):
+    def __init__(self, cfg: LMConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        S, Dd = cfg.dep_q, cfg.depformer_dim
+        self.num_steps = S
+        self.in_proj = StepLinear(cfg.dim, Dd, S, **kw)
+        self.text_emb = Embedding(cfg.text_card + 1, Dd, **kw)
+        self.audio_emb = StackedEmbedding(S - 1, cfg.card + 1, Dd, **kw)
+        self.transformer = Transformer(
+            TransformerConfig(
+                d_model=Dd, num_heads=cfg.depformer_num_heads, num_layers=cfg.depformer_num_layers,
+                dim_feedforward=cfg.depformer_hidden, causal=True, context=None, rope_max_period=None,
+                norm="rms_norm", norm_eps=cfg.norm_eps, layer_scale=None, gating="silu", num_steps=S,
+            ),
+            **kw,
+        )
+        self.heads = StepLinear(Dd, cfg.card, S, **kw)
+
+    def forward_train(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits: h [B, T, D], tokens [B, S, T] (text, then codebooks 0..S-2 fed to steps
+        1..S-1; the last codebook is never an input) -> logits [B, S, T, card]."""
+        B, T, D = h.shape
+        S = self.num_steps
+        x = h.reshape(B * T, 1, D).expand(B * T, S, D)
+        x = self.in_proj(x)  # [B*T, S, Dd], step k uses in_proj[k]
+        tok = tokens.permute(0, 2, 1).reshape(B * T, S)
+        emb = [self.text_emb(tok[:, :1])]
+        if S > 1:
+            emb.append(self.audio_emb(tok[:, 1:]))
+        x = x + torch.cat(emb, dim=1)
+        y = self.heads(self.transformer(x))  # [B*T, S, card]
+        return y.view(B, T, S, -1).permute(0, 2, 1, 3)
+
+    def generate(
+        self,
+        h: torch.Tensor,
+        text_token: torch.Tensor,
+        sample_fn: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """One time step's codebooks: h [B, D], text_token [B] -> tokens [B, S].
+
+        Must run inside `streaming(self.transformer, B)`; the depth state is reset here at every call.
+        `sample_fn` maps logits [B, card] to tokens [B].
+        """
+        B, D = h.shape
+        S = self.num_steps
+        reset_streaming(self.transformer)
+        # All S input projections of h in one matmul: [B, D] x [S*Dd, D]^T -> [B, S, Dd].
+        proj = (h @ self.in_proj.weight.reshape(-1, D).t()).view(B, S, -1)
+        prev = self.text_emb(text_token)
+        out = []
+        for k in range(S):
+            x = (proj[:, k] + prev)[:, None]
+            y = self.transformer(x)[:, 0]
+            logits = y @ self.heads.weight[k].t()
+            token = sample_fn(logits)
+            out.append(token)
+            if k + 1 < S:
+                prev = self.audio_emb.lookup(token, k)
+        return torch.stack(out, dim=1)

@@ -1,0 +1,91 @@
+"""LMModel: shapes on the meta device, the zero token, teacher-forced parity with the reference."""
+
+import pytest
+import torch
+from lm_testutils import make_pair, make_reference, published_state_dict
+
+from openmoshi.lm.checkpoint import CheckpointMismatch, load_state_dict
+from openmoshi.lm.config import LMConfig
+from openmoshi.lm.model import LMModel
+
+CONFIGS = {
+    "moshiko-like": LMConfig.tiny(),
+    "delay2": LMConfig.tiny(acoustic_delay=2),
+    "dep_q16": LMConfig.tiny(dep_q=16),
+    "dep_q16-delay2-mixed": LMConfig.tiny(dep_q=16).replace(
+        delays=(0, 0, 2, 1, 2, 1, 2, 1, 2, 0, 0, 2, 2, 1, 1, 0, 2)),
+}
+
+
+def test_moshiko_7b_on_meta_matches_reference_names_and_shapes():
+    with torch.device("meta"):
+        model = LMModel(LMConfig.moshiko_7b(), dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == 7_687_729_152
+    # Every tensor of the reference listing loads (shape-checked) and covers every parameter exactly once.
+    listing = {}
+    for line in open("/work/shared/reference/moshiko_7b_state_dict.txt"):
+        if not line.startswith("#"):
+            name, shape, _ = line.rstrip("\n").split("\t")
+            listing[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    assert len(listing) == 439
+    load_state_dict(model, {k: torch.empty(s, device="meta") for k, s in listing.items()})
+
+
+def test_zero_token_contributes_nothing():
+    model = LMModel(LMConfig.tiny()).eval()
+    tokens = torch.randint(0, 64, (2, 17, 5))
+    tokens[:, 0] = torch.randint(0, 100, (2, 5))
+    zeroed = tokens.clone()
+    zeroed[:, 3] = -1
+    expected = model.embed(tokens) - model.audio_emb.weight[2][tokens[:, 3]]
+    assert torch.allclose(model.embed(zeroed), expected, atol=1e-6)
+    all_zero = torch.full((1, 17, 3), -1)
+    assert torch.equal(model.embed(all_zero), torch.zeros(1, 3, 64))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_teacher_forced_parity_with_reference(name):
+    cfg = CONFIGS[name]
+    ref, ours = make_pair(cfg, seed=1)
+    B, T = 2, 12
+    codes = torch.randint(0, cfg.card, (B, cfg.num_streams, T))
+    codes[:, 0] = torch.randint(0, cfg.text_card, (B, T))
+    codes[0, 5, 3:6] = -1  # zero tokens: no input, no target
+    codes[1, 0, 7] = -1
+    with torch.no_grad():
+        r = ref(codes)
+        o = ours.forward_train(codes)
+    assert torch.equal(o.text_mask, r.text_mask) and torch.equal(o.audio_mask, r.mask)
+    assert o.audio_logits.shape == (B, cfg.dep_q, T, cfg.card)
+    assert o.text_logits.shape == (B, 1, T, cfg.text_card)
+    # NaN where there is no target (past the end after undelaying), finite elsewhere.
+    assert torch.isnan(o.audio_logits).any(-1).equal(torch.isnan(r.logits).any(-1))
+    torch.testing.assert_close(o.text_logits, r.text_logits, atol=1e-4, rtol=0, equal_nan=True)
+    torch.testing.assert_close(o.audio_logits, r.logits, atol=1e-4, rtol=0, equal_nan=True)
+
+
+def test_published_naming_gives_the_same_model():
+    cfg = CONFIGS["dep_q16-delay2-mixed"]
+    ref, ours = make_pair(cfg, seed=2)
+    published = published_state_dict(ref)
+    assert any(k.endswith("self_attn.in_proj_weight") for k in published)
+    other = LMModel(cfg)
+    load_state_dict(other, published)
+    for (n1, p1), (n2, p2) in zip(ours.named_parameters(), other.named_parameters(), strict=True):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+    load_state_dict(LMModel(cfg), ours.state_dict())  # our own naming loads too
+
+
+def test_mismatches_are_refused_with_names():
+    cfg = LMConfig.tiny()
+    sd = make_reference(cfg).state_dict()
+    bad = dict(sd)
+    bad.pop("linears.3.weight")
+    bad["emb.2.weight"] = torch.zeros(3, 3)
+    bad["mystery.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatch) as err:
+        load_state_dict(LMModel(cfg), bad)
+    msg = str(err.value)
+    assert "mystery.weight" in msg and "emb.2.weight" in msg and "depformer.heads.weight[3]" in msg
+    with pytest.raises(CheckpointMismatch, match="missing"):
+        load_state_dict(LMModel(cfg.replace(num_layers=3)), sd)
