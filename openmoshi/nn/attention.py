@@ -151,14 +151,13 @@ class Attention(StreamingModule[_AttentionState]):
         values = torch.cat([state.values, v], dim=2)
         k_pos = torch.cat([state.positions, positions], dim=1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=self._window_mask(positions, k_pos))
-        # Keep the chunk's last `context` entries in their ring slots.
+        # Keep the chunk's last `context` entries in their ring slots; a skipped row rewrites what it held
+        # (a gather/where on the written slots only, not on the whole cache).
         n = min(q.shape[2], self.context)
         slots = positions[:, -n:] % self.context  # [B, n], distinct
         idx = slots[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
-        new_keys = state.keys.scatter(2, idx, k[:, :, -n:])
-        new_values = state.values.scatter(2, idx, v[:, :, -n:])
-        new_pos = state.positions.scatter(1, slots, positions[:, -n:])
-        state.keys = where_rows(state.exec_mask, new_keys, state.keys)
-        state.values = where_rows(state.exec_mask, new_values, state.values)
-        state.positions = where_rows(state.exec_mask, new_pos, state.positions)
+        run = state.exec_mask
+        state.keys.scatter_(2, idx, where_rows(run, k[:, :, -n:], state.keys.gather(2, idx)))
+        state.values.scatter_(2, idx, where_rows(run, v[:, :, -n:], state.values.gather(2, idx)))
+        state.positions.scatter_(1, slots, where_rows(run, positions[:, -n:], state.positions.gather(1, slots)))
         return out
