@@ -1,0 +1,258 @@
+"""The duplex step: every frame (80 ms), encode the user's audio, step the generator, decode Moshi's audio.
+
+`DuplexSession` serves a batch of independent conversations, one per row ("slot"). It does no I/O: callers
+(the chat command over a file or a microphone, a server) hand it one frame of user audio per row and get back
+one frame of Moshi's audio and text per row, so the same code serves every front end.
+
+Conversations come and go at any step: `join(rows)` starts a new conversation in free or finished slots
+(restarting their Mimi and generator state), `leave(rows)` frees slots; the other rows are not disturbed
+(their streaming state only moves on the steps where they are active).
+
+The start of a conversation: the generator ignores the input of a conversation's first step (every stream
+reads its initial token there), so the first step of a new row runs the generator twice on the codes of its
+first frame, as Kyutai's offline tool does, and the user's first frame is heard. For moshiko (max_delay 1) this
+also means Moshi's first frame comes out on the user's first frame. Before a row's generator has produced
+anything, its audio is silence and its tokens are -2. Silence from the user is just zero audio (`step(None)`).
+
+Per frame no host syncs: which rows are active, fresh or already producing is known on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from ..codec.mimi import Mimi
+from ..lm.model import LMModel
+from ..nn.streaming import reset_streaming, set_exec_mask, streaming
+from .generator import UNGENERATED, LMGenerator, StepOutput
+from .sampling import SamplingConfig
+
+
+@dataclass
+class FrameOutput:
+    """What one session step produced, per row.
+
+    pcm [B, 1, frame_size] float32: Moshi's audio for this frame (zeros where nothing was generated);
+    text [B] and audio [B, dep_q] long: the generator's output for this step (-2 where nothing);
+    user_codes [B, n_q - dep_q] long: the codes the generator was given (zeros on inactive rows);
+    prime: the output of the extra first generator step of the rows that joined at this step (None when
+    no row did); its user codes were the same `user_codes`.
+    """
+
+    pcm: torch.Tensor
+    text: torch.Tensor
+    audio: torch.Tensor
+    user_codes: torch.Tensor
+    prime: StepOutput | None = None
+
+
+def moshi_codebooks(lm: LMModel) -> int:
+    """How many of the generated audio streams are Moshi's own (decoded to audio).
+
+    dep_q when the model only generates Moshi's side; with dep_q = n_q (also predicting the user) the first half.
+    """
+    cfg = lm.cfg
+    return cfg.dep_q if cfg.num_user_codebooks else cfg.n_q // 2
+
+
+class DuplexSession:
+    """A batch of `batch_size` duplex conversations over `mimi` and `lm` (both in eval mode, same device).
+
+    Use as a context manager (or call `close()`): it holds both models' streaming state, so a model pair
+    serves one session at a time. Rows start inactive unless `start_all` (then every row joins now).
+    """
+
+    def __init__(
+        self,
+        mimi: Mimi,
+        lm: LMModel,
+        batch_size: int = 1,
+        text_sampling: SamplingConfig | None = None,
+        audio_sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        start_all: bool = True,
+    ) -> None:
+        cfg = lm.cfg
+        if mimi.cfg.quantizer.num_codebooks < max(cfg.num_user_codebooks, moshi_codebooks(lm)):
+            raise ValueError(
+                f"Mimi has {mimi.cfg.quantizer.num_codebooks} codebooks, the LM needs "
+                f"{max(cfg.num_user_codebooks, moshi_codebooks(lm))}"
+            )
+        if mimi.cfg.quantizer.codebook_size != cfg.card:
+            raise ValueError(f"Mimi codebooks have {mimi.cfg.quantizer.codebook_size} entries, the LM's card is "
+                             f"{cfg.card}")
+        self.mimi, self.lm, self.batch_size = mimi, lm, batch_size
+        self.device = lm.device
+        self.frame_size = mimi.frame_size
+        self.n_user = cfg.num_user_codebooks
+        self.n_moshi = moshi_codebooks(lm)
+        self.max_delay = cfg.max_delay
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(streaming(mimi, batch_size))
+        self.generator = self._stack.enter_context(
+            LMGenerator(lm, batch_size, text_sampling=text_sampling, audio_sampling=audio_sampling, seed=seed)
+        )
+        # Host-side bookkeeping: no device reads needed to know who is active, new, or producing audio.
+        self._active = [False] * batch_size
+        self._fresh = [False] * batch_size
+        self._gen_steps = [0] * batch_size  # generator steps of each row's current conversation
+        self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
+        self._zero_codes = torch.zeros(batch_size, self.n_user, dtype=torch.long, device=self.device)
+        if start_all:
+            self.join(range(batch_size))
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> DuplexSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def active_rows(self) -> list[int]:
+        return [r for r, a in enumerate(self._active) if a]
+
+    def free_rows(self) -> list[int]:
+        return [r for r, a in enumerate(self._active) if not a]
+
+    def _rows(self, rows: Iterable[int] | int) -> list[int]:
+        rows = [rows] if isinstance(rows, int) else list(rows)
+        for r in rows:
+            if not 0 <= r < self.batch_size:
+                raise IndexError(f"row {r} out of range for a batch of {self.batch_size}")
+        return rows
+
+    def join(self, rows: Iterable[int] | int) -> None:
+        """Start a new conversation in `rows` (restarting them if they were in one)."""
+        rows = self._rows(rows)
+        if not rows:
+            return
+        mask = self._mask([r in rows for r in range(self.batch_size)])
+        reset_streaming(self.mimi, mask)
+        self.generator.reset(mask)
+        for r in rows:
+            self._active[r], self._fresh[r], self._gen_steps[r] = True, True, 0
+
+    reset = join  # a reset is a new conversation in the same slot
+
+    def leave(self, rows: Iterable[int] | int) -> None:
+        """End the conversations in `rows`; the slots stay untouched until a `join`."""
+        for r in self._rows(rows):
+            self._active[r], self._fresh[r] = False, False
+
+    def _mask(self, flags: list[bool]) -> torch.Tensor:
+        """A cached device bool mask: copied to the device once per distinct pattern."""
+        key = tuple(flags)
+        if key not in self._masks:
+            if len(self._masks) > 64:
+                self._masks.clear()
+            self._masks[key] = torch.tensor(flags, dtype=torch.bool, device=self.device)
+        return self._masks[key]
+
+    # ---- one frame ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, pcm: torch.Tensor | None) -> torch.Tensor:
+        """User audio [B, 1, frame_size] (None: silence) -> codes [B, n_q - dep_q] for the active rows."""
+        B = self.batch_size
+        if pcm is None:
+            pcm = torch.zeros(B, 1, self.frame_size, device=self.device)
+        if tuple(pcm.shape) != (B, 1, self.frame_size):
+            raise ValueError(f"user audio must have shape [{B}, 1, {self.frame_size}], got {list(pcm.shape)}")
+        if not self.n_user:
+            return self._zero_codes
+        codes = self.mimi.encode(pcm.to(self.device), num_codebooks=self.n_user)  # [B, n_user, 1]
+        return codes[:, :, 0]
+
+    @torch.no_grad()
+    def step(self, pcm: torch.Tensor | None = None) -> FrameOutput:
+        """One frame for every row: user audio [B, 1, frame_size] (None: silence) -> Moshi's frame.
+
+        Inactive rows are computed (the batch stays rectangular) but their state does not move; their outputs
+        are silence and -2.
+        """
+        B, active = self.batch_size, self._active
+        all_active = all(active)
+        active_mask = None if all_active else self._mask(active)
+        if not any(active):
+            return self._idle_output()
+
+        set_exec_mask(self.mimi, active_mask)
+        codes = self.encode(pcm)
+        if active_mask is not None:
+            codes = codes.masked_fill(~active_mask[:, None], 0)
+
+        prime = None
+        fresh = [a and f for a, f in zip(active, self._fresh, strict=True)]
+        if any(fresh):
+            # A conversation's first generator step ignores its input: run it on the first frame, then again.
+            prime_mask = None if all(fresh) else self._mask(fresh)
+            prime = self.generator.step(codes if self.n_user else None, prime_mask)
+            prime = prime or self._empty_step()
+            for r, f in enumerate(fresh):
+                if f:
+                    self._gen_steps[r] += 1
+                    self._fresh[r] = False
+        out = self.generator.step(codes if self.n_user else None, active_mask) or self._empty_step()
+        for r in range(B):
+            if active[r]:
+                self._gen_steps[r] += 1
+
+        producing = [a and n > self.max_delay for a, n in zip(active, self._gen_steps, strict=True)]
+        pcm_out = torch.zeros(B, 1, self.frame_size, device=self.device)
+        if any(producing):
+            produce_mask = None if all(producing) else self._mask(producing)
+            moshi = out.audio[:, : self.n_moshi]
+            if produce_mask is not None:
+                # Rows with nothing to decode get code 0 (any valid id) and are left untouched by the decoder.
+                moshi = moshi.masked_fill(~produce_mask[:, None], 0)
+            set_exec_mask(self.mimi, produce_mask)
+            pcm_out = self.mimi.decode(moshi[:, :, None]).float()
+            if produce_mask is not None:
+                pcm_out = pcm_out.masked_fill(~produce_mask[:, None, None], 0.0)
+        set_exec_mask(self.mimi, None)
+        return FrameOutput(pcm_out, out.text, out.audio, codes, prime)
+
+    def _empty_step(self) -> StepOutput:
+        dq = self.lm.cfg.dep_q
+        return StepOutput(
+            torch.full((self.batch_size,), UNGENERATED, dtype=torch.long, device=self.device),
+            torch.full((self.batch_size, dq), UNGENERATED, dtype=torch.long, device=self.device),
+        )
+
+    def _idle_output(self) -> FrameOutput:
+        empty = self._empty_step()
+        pcm = torch.zeros(self.batch_size, 1, self.frame_size, device=self.device)
+        return FrameOutput(pcm, empty.text, empty.audio, self._zero_codes)
+
+    # ---- introspection (tests, benchmarks) -------------------------------------------------------------------
+    def state_bytes(self) -> int:
+        """Total bytes of every tensor the session keeps between frames (streaming states, token ring)."""
+        seen: set[int] = set()
+        total = 0
+
+        def add(t: torch.Tensor) -> None:
+            nonlocal total
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+
+        for model in (self.mimi, self.lm):
+            for m in model.modules():
+                state = getattr(m, "state", None)
+                if state is None:
+                    continue
+                for value in vars(state).values():
+                    for t in value if isinstance(value, (list, tuple)) else [value]:
+                        if isinstance(t, torch.Tensor):
+                            add(t)
+        for value in vars(self.generator).values():
+            if isinstance(value, torch.Tensor):
+                add(value)
+        return total
