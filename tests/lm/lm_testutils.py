@@ -73,3 +73,11 @@ def published_state_dict(ref: RefLMModel) -> dict[str, torch.Tensor]:
     for name, parts in stacks.items():
         out[name] = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])], dim=0)
     return out
+
+
+def one_thread():
+    """Generator-fixture body: tiny models run fastest on one thread (and avoid spinning on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

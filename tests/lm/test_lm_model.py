@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from lm_testutils import make_pair, make_reference, published_state_dict
+from lm_testutils import make_pair, make_reference, one_thread, published_state_dict
 
 from openmoshi.lm.checkpoint import CheckpointMismatch, load_state_dict
 from openmoshi.lm.config import LMConfig
 from openmoshi.lm.model import LMModel
 
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 CONFIGS = {
     "moshiko-like": LMConfig.tiny(),
     "delay2": LMConfig.tiny(acoustic_delay=2),
