@@ -159,8 +159,8 @@ def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | No
             missing.append(("config.json (optional)", f"{CONFIG_NAME}: {config_problem}"))
         names = " ".join(name for _, _, name in _file_roles(repo_cfg))
         hint = (f"Connect to the internet (unset HF_HUB_OFFLINE) to download them, or fetch them elsewhere with "
-                f"`huggingface-cli download {repo} {names} --local-dir FOLDER`, copy FOLDER here and pass "
-                f"--model FOLDER.")
+                f"`hf download {repo} {names} --local-dir FOLDER` (`huggingface-cli download` with older "
+                f"huggingface_hub), copy FOLDER here and pass --model FOLDER.")
         raise ModelFilesError(_missing_message(repo, missing, hint))
     return ModelFiles(repo, paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi, config_path)
 
