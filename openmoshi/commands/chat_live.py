@@ -1,0 +1,80 @@
+"""Microphone mode of `openmoshi chat`: a duplex sounddevice stream at Mimi's rate, one frame per callback.
+
+The audio callback only moves frames between the sound card and two queues; the main thread runs the session
+step for each microphone frame and queues Moshi's frame for the speaker. Moshi's words are printed as they come.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import time
+
+import numpy as np
+
+from ..inference.sampling import SamplingConfig
+
+INSTALL_HINT = "install it with `pip install sounddevice` (it needs the PortAudio library), or use --input FILE.wav"
+
+
+def unavailable() -> str | None:
+    """Why microphone mode cannot run here (no sounddevice, no PortAudio, no audio device), or None."""
+    try:
+        import sounddevice as sd
+    except ImportError:
+        return f"microphone mode needs the sounddevice package; {INSTALL_HINT}"
+    except OSError as err:  # sounddevice imports but PortAudio cannot be loaded
+        return f"microphone mode cannot load PortAudio ({err}); {INSTALL_HINT}"
+    for kind in ("input", "output"):
+        try:
+            sd.query_devices(kind=kind)
+        except (sd.PortAudioError, ValueError):
+            return (f"no audio {kind} device found (a microphone and a speaker are needed); "
+                    "use --input FILE.wav --output OUT.wav to talk over a recording")
+    return None
+
+
+def run_live(models, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: int, duration: float | None):
+    """Talk until Ctrl-C (or `duration` seconds); returns the conversation's `Recorder`."""
+    import sounddevice as sd
+    import torch
+
+    from ..inference.session import DuplexSession
+    from ..lm.text import TextStreamDecoder
+    from .chat import Recorder
+
+    mimi, lm = models.mimi, models.lm
+    fs, rate = mimi.frame_size, mimi.sample_rate
+    mic: queue.Queue[np.ndarray] = queue.Queue()
+    speaker: queue.Queue[np.ndarray] = queue.Queue()
+
+    def callback(indata, outdata, frames, _time, status) -> None:  # runs on the audio thread
+        mic.put(indata[:, 0].copy())
+        try:
+            outdata[:, 0] = speaker.get_nowait()
+        except queue.Empty:
+            outdata.fill(0)
+
+    rec = Recorder(fs, rate)
+    decoder = TextStreamDecoder(models.tokenizer)
+    max_frames = None if duration is None else int(duration * rate / fs)
+    warned = False
+    print("listening: talk to Moshi (Ctrl-C to stop)", file=sys.stderr)
+    with DuplexSession(mimi, lm, 1, text_sampling=text_cfg, audio_sampling=audio_cfg, seed=seed) as session, \
+            sd.Stream(samplerate=rate, blocksize=fs, channels=1, dtype="float32", callback=callback):
+        try:
+            while max_frames is None or len(rec.moshi_pcm) < max_frames:
+                frame = mic.get()
+                start = time.perf_counter()
+                out = session.step(torch.from_numpy(frame).view(1, 1, fs))
+                speaker.put(out.pcm[0, 0].cpu().numpy())
+                rec.add_frame(out, frame)
+                print(decoder.push(rec.frame_text[-1]), end="", flush=True)
+                if not warned and mic.qsize() > 5:
+                    warned = True
+                    print(f"\n[slower than real time: {1000 * (time.perf_counter() - start):.0f} ms per "
+                          f"{1000 * fs / rate:.0f} ms frame; try a GPU or --dtype]", file=sys.stderr)
+        except KeyboardInterrupt:
+            pass
+    print(file=sys.stderr)
+    return rec
