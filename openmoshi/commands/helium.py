@@ -1,0 +1,154 @@
+"""`openmoshi helium`: run a Moshi checkpoint's temporal transformer (Helium) as a plain text model.
+
+One text token per step, every audio stream given the zero token -1 (as in the report's text-only batches),
+after one all-initial step (the first input of every sequence the model was trained on). The prompt is fed in
+one chunk, then the continuation is sampled token by token with the KV cache.
+
+    openmoshi helium --model DIR_OR_HF_REPO [--weights FILE] [--tokenizer FILE] "prompt"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..inference.sampling import SamplingConfig, sample
+from ..lm.config import DEFAULT_REPO, KyutaiRepoConfig, parse_kyutai_config
+from ..lm.model import LMModel
+from ..nn.streaming import streaming
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="text to continue")
+    parser.add_argument("--model", "--hf-repo", dest="model", default=DEFAULT_REPO,
+                        help=f"local folder or Hugging Face repo in Kyutai's layout (default {DEFAULT_REPO})")
+    parser.add_argument("--weights", default=None, metavar="FILE", help="LM safetensors (overrides the model's)")
+    parser.add_argument("--tokenizer", default=None, metavar="FILE", help="SentencePiece model (overrides)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-k", type=int, default=25)
+    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="default float32 on CPU, bfloat16 on GPU")
+
+
+def _fetch(model: str, name: str, required: bool) -> Path | None:
+    local = Path(model).expanduser()
+    if local.is_dir():
+        path = local / name
+        if path.is_file():
+            return path
+        if required:
+            raise FileNotFoundError(f"{name} not found in {local}")
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(model, name))
+    except EntryNotFoundError:
+        if required:
+            raise FileNotFoundError(f"{name} not found in the Hugging Face repo {model}") from None
+        return None
+    except Exception as err:  # offline, unknown repo, network: say what was needed
+        raise FileNotFoundError(
+            f"could not get {name} from {model!r} ({type(err).__name__}: {err}). Pass a local folder with --model "
+            f"or the files with --weights / --tokenizer."
+        ) from None
+
+
+def resolve_files(model: str, weights: str | None, tokenizer: str | None) -> tuple[KyutaiRepoConfig, Path, Path]:
+    """(repo config, LM weights, tokenizer) from a folder or repo id, explicit files taking precedence."""
+    config_path = _fetch(model, "config.json", required=False)
+    raw = None
+    if config_path is not None:
+        raw = json.loads(config_path.read_text())
+        raw.pop("mimi", None)  # openmoshi's own Mimi overrides: not an LM setting
+    repo = parse_kyutai_config(raw)
+    w = Path(weights) if weights else _fetch(model, repo.moshi_name, required=True)
+    t = Path(tokenizer) if tokenizer else _fetch(model, repo.tokenizer_name, required=True)
+    for path in (w, t):
+        if not path.is_file():
+            raise FileNotFoundError(f"file not found: {path}")
+    return repo, w, t
+
+
+@torch.no_grad()
+def generate_text(
+    model: LMModel,
+    prompt: list[int],
+    max_tokens: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    on_token=None,
+) -> list[int]:
+    """Continue `prompt` (text ids) with Helium: returns the generated ids; `on_token(id)` is called on each.
+
+    Stops early at the tokenizer's end of sequence only if the caller's `on_token` returns True.
+    """
+    cfg = model.cfg
+    K, device = cfg.num_streams, model.device
+    tokens = torch.full((1, K, len(prompt) + 1), -1, dtype=torch.long, device=device)
+    tokens[:, :, 0] = model.initial_tokens()
+    tokens[0, 0, 1:] = torch.tensor(prompt, dtype=torch.long, device=device)
+    out: list[int] = []
+    with streaming(model.transformer, 1):
+        _, logits = model.forward_temporal(tokens)
+        step = torch.full((1, K, 1), -1, dtype=torch.long, device=device)
+        for _ in range(max_tokens):
+            token = sample(logits[:, -1], sampling, generator)
+            value = int(token.item())  # the host needs each token (to print it): one sync per token
+            out.append(value)
+            if on_token is not None and on_token(value):
+                break
+            step[0, 0, 0] = token[0]
+            _, logits = model.forward_temporal(step)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..inference.models import resolve_device, resolve_dtype
+    from ..lm.checkpoint import load_lm
+    from ..lm.text import TextStreamDecoder, TextTokenizer
+
+    if args.max_tokens < 1:
+        print("--max-tokens must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                  greedy=args.greedy)
+        repo, weights, tok_path = resolve_files(args.model, args.weights, args.tokenizer)
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    tokenizer = TextTokenizer(tok_path, text_card=repo.lm.text_card)
+    model = load_lm(weights, repo.lm, device=device, dtype=dtype)
+    gen = torch.Generator(device=device)
+    if args.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(args.seed)
+    prompt = tokenizer.encode(args.prompt)
+    decoder = TextStreamDecoder(tokenizer)
+    eos = tokenizer.sp.eos_id()
+    sys.stdout.write(args.prompt)
+
+    def on_token(token: int) -> bool:
+        if token == eos:
+            return True
+        sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+        return False
+
+    generate_text(model, prompt, args.max_tokens, sampling, gen, on_token)
+    sys.stdout.write("\n")
+    return 0
