@@ -24,18 +24,16 @@ class CheckpointError(ValueError):
 
 
 def _seanet(part: str, idx: int, rest: str, num_stages: int) -> str | None:
-    last = 3 * num_stages + 2
-    if idx == 0:
-        return f"{part}.conv_in.{rest}"
-    if idx == last:
-        return f"{part}.conv_out.{rest}"
+    plain = re.fullmatch(r"conv\.conv\.(weight|bias)", rest)
+    if idx in (0, 3 * num_stages + 2):
+        return f"{part}.{'conv_in' if idx == 0 else 'conv_out'}.{plain[1]}" if plain else None
     stage, offset = divmod(idx - 1, 3) if part == "encoder" else divmod(idx - 2, 3)
     block = re.fullmatch(r"block\.(1|3)\.conv\.conv\.(weight|bias)", rest)
     if part == "encoder":
         if offset == 0 and block:
             return f"encoder.stages.{stage}.residual.{'conv1' if block[1] == '1' else 'conv2'}.{block[2]}"
-        if offset == 2 and (m := re.fullmatch(r"conv\.conv\.(weight|bias)", rest)):
-            return f"encoder.stages.{stage}.down.{m[1]}"
+        if offset == 2 and plain:
+            return f"encoder.stages.{stage}.down.{plain[1]}"
     else:
         if offset == 0 and (m := re.fullmatch(r"convtr\.convtr\.(weight|bias)", rest)):
             return f"decoder.stages.{stage}.up.{m[1]}"

@@ -70,3 +70,13 @@ def to_published_naming(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         name = name.replace("self_attn.out_projs.0.weight", "self_attn.out_proj.weight")
         out[name] = value
     return out
+
+
+def randomize_model(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fill a model built from our own config (any size) with the FACTS.md init, using our tensor names."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            # Our names carry the same roles as Kyutai's: `.norm`, `.scale`, `bias`, the codebook buffers.
+            tensor.copy_(random_tensor(name, tuple(tensor.shape), gen))
+    return model

@@ -1,0 +1,98 @@
+"""Kyutai's names -> ours, the real-size parameter count, and strict loading with named errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from codec_testutils import random_state, randomize_model, reference_shapes, to_published_naming
+from safetensors.torch import save_file
+
+from openmoshi.codec.checkpoint import CheckpointError, kyutai_to_ours, load_safetensors, load_state
+from openmoshi.codec.mimi import Mimi, MimiConfig
+
+
+@pytest.fixture(scope="module")
+def meta_mimi() -> Mimi:
+    with torch.device("meta"):
+        return Mimi(MimiConfig.mimi())
+
+
+def test_real_size_parameter_count(meta_mimi: Mimi) -> None:
+    assert sum(p.numel() for p in meta_mimi.parameters()) == 79_308_609
+
+
+@pytest.mark.parametrize("published", [False, True])
+def test_every_reference_tensor_maps_to_ours_with_its_shape(meta_mimi: Mimi, published: bool) -> None:
+    ours = {name: tuple(t.shape) for name, t in meta_mimi.state_dict().items()}
+    shapes = reference_shapes()
+    if published:
+        shapes = {k: v.shape for k, v in to_published_naming({k: torch.empty(s, device="meta")
+                                                               for k, s in shapes.items()}).items()}
+        assert any("in_proj_weight" in k for k in shapes)
+    targets = {}
+    for name, shape in shapes.items():
+        target = kyutai_to_ours(name)
+        assert target in ours, (name, target)
+        assert ours[target] == tuple(shape), name
+        targets[target] = name
+    assert set(targets) == set(ours)  # one to one, nothing of ours left out
+
+
+def test_unknown_names_map_to_nothing() -> None:
+    for name in ["encoder.model.2.conv.conv.weight", "encoder.model.1.block.2.conv.conv.weight",
+                 "decoder.model.2.conv.conv.weight", "quantizer.rvq_first.foo.weight", "foo"]:
+        assert kyutai_to_ours(name) is None, name
+
+
+def _tiny() -> Mimi:
+    return randomize_model(Mimi(MimiConfig.tiny()), seed=1)
+
+
+def test_our_naming_round_trips_through_safetensors(tmp_path: Path) -> None:
+    src = _tiny()
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, tmp_path / "w.safetensors")
+    dst = Mimi(MimiConfig.tiny())
+    load_safetensors(dst, tmp_path / "w.safetensors")
+    for name, value in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[name], value), name
+    wav = torch.randn(1, 1, 10 * 48)
+    assert torch.equal(src.encode(wav), dst.encode(wav))  # the codebook cache followed the load
+
+
+def test_strict_loading_lists_problems(tmp_path: Path) -> None:
+    state = dict(_tiny().state_dict())
+    del state["encoder.conv_in.weight"]
+    state["decoder.conv_out.bias"] = torch.zeros(3)
+    state["something.else"] = torch.zeros(1)
+    model = Mimi(MimiConfig.tiny())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_state(model, state)
+    msg = str(err.value)
+    assert "1 missing: encoder.conv_in.weight" in msg
+    assert "something.else" in msg and "unexpected" in msg
+    assert "decoder.conv_out.bias: file (3,) vs model (1,)" in msg
+    for name, value in model.state_dict().items():  # nothing was loaded
+        assert torch.equal(value, before[name]), name
+
+
+def test_load_errors_for_bad_files(tmp_path: Path) -> None:
+    model = Mimi(MimiConfig.tiny())
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_safetensors(model, tmp_path / "nope.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_safetensors(model, tmp_path / "bad.safetensors")
+
+
+def test_both_kyutai_namings_load_the_same_real_size_weights() -> None:
+    state = random_state(7)
+    a, b = Mimi(MimiConfig.mimi()), Mimi(MimiConfig.mimi())
+    load_state(a, state)
+    load_state(b, to_published_naming(state))
+    name = "decoder_transformer.layers.3.attn.in_proj.weight"
+    key = "decoder_transformer.transformer.layers.3.self_attn.in_projs.0.weight"
+    assert torch.equal(a.state_dict()[name], state[key])
+    assert torch.equal(b.state_dict()[name], state[key])
