@@ -107,6 +107,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     text_cfg, audio_cfg = sampling_configs(args, models.files.repo_config.lm_gen_config)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    if not (text_cfg.is_greedy and audio_cfg.is_greedy):
+        print(f"sampling seed {seed} (--seed {seed} reproduces this conversation)", file=sys.stderr)
     if user is None:
         from . import chat_live
 
