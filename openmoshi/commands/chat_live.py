@@ -64,7 +64,11 @@ def run_live(models, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: 
             sd.Stream(samplerate=rate, blocksize=fs, channels=1, dtype="float32", callback=callback):
         try:
             while max_frames is None or len(rec.moshi_pcm) < max_frames:
-                frame = mic.get()
+                try:
+                    frame = mic.get(timeout=5.0)
+                except queue.Empty:
+                    print("\nno audio from the microphone for 5 s: stopping", file=sys.stderr)
+                    break
                 start = time.perf_counter()
                 out = session.step(torch.from_numpy(frame).view(1, 1, fs))
                 speaker.put(out.pcm[0, 0].cpu().numpy())
