@@ -101,6 +101,7 @@ class DuplexSession:
         self._fresh = [False] * batch_size
         self._gen_steps = [0] * batch_size  # generator steps of each row's current conversation
         self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
+        self._mimi_mask: torch.Tensor | None = None  # the exec mask Mimi holds now (None: every row)
         self._zero_codes = torch.zeros(batch_size, self.n_user, dtype=torch.long, device=self.device)
         if start_all:
             self.join(range(batch_size))
@@ -151,8 +152,8 @@ class DuplexSession:
         """A cached device bool mask: copied to the device once per distinct pattern."""
         key = tuple(flags)
         if key not in self._masks:
-            if len(self._masks) > 64:
-                self._masks.clear()
+            if len(self._masks) > 64:  # keep the mask Mimi holds: `_set_mimi_mask` compares identities
+                self._masks = {k: v for k, v in self._masks.items() if v is self._mimi_mask}
             self._masks[key] = torch.tensor(flags, dtype=torch.bool, device=self.device)
         return self._masks[key]
 
@@ -183,7 +184,7 @@ class DuplexSession:
         if not any(active):
             return self._idle_output()
 
-        set_exec_mask(self.mimi, active_mask)
+        self._set_mimi_mask(active_mask)
         codes = self.encode(pcm)
         if active_mask is not None:
             codes = codes.masked_fill(~active_mask[:, None], 0)
@@ -212,12 +213,17 @@ class DuplexSession:
             if produce_mask is not None:
                 # Rows with nothing to decode get code 0 (any valid id) and are left untouched by the decoder.
                 moshi = moshi.masked_fill(~produce_mask[:, None], 0)
-            set_exec_mask(self.mimi, produce_mask)
+            self._set_mimi_mask(produce_mask)
             pcm_out = self.mimi.decode(moshi[:, :, None]).float()
             if produce_mask is not None:
                 pcm_out = pcm_out.masked_fill(~produce_mask[:, None, None], 0.0)
-        set_exec_mask(self.mimi, None)
         return FrameOutput(pcm_out, out.text, out.audio, codes, prime)
+
+    def _set_mimi_mask(self, mask: torch.Tensor | None) -> None:
+        """Set Mimi's exec mask only when it changes: walking Mimi's modules costs more than a tiny step."""
+        if mask is not self._mimi_mask:
+            set_exec_mask(self.mimi, mask)
+            self._mimi_mask = mask
 
     def _empty_step(self) -> StepOutput:
         dq = self.lm.cfg.dep_q
