@@ -126,3 +126,17 @@ def load_safetensors(model: nn.Module, path: str | Path) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     load_state(model, state, source=str(path))
+
+
+def load_mimi(
+    path: str | Path, preset: str = "mimi", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
+    """Build a Mimi of the named preset ("mimi" or "tiny") and load `path` into it, strictly. In eval mode."""
+    from .mimi import Mimi, MimiConfig
+
+    presets = {"mimi": MimiConfig.mimi, "tiny": MimiConfig.tiny}
+    if preset not in presets:
+        raise ValueError(f"unknown Mimi preset {preset!r}: expected one of {sorted(presets)}")
+    model = Mimi(presets[preset]())
+    load_safetensors(model, path)
+    return model.to(device=device, dtype=dtype).eval()

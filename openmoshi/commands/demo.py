@@ -1,0 +1,114 @@
+"""`openmoshi demo`: the main job until the project ships its own model.
+
+A streaming Mimi round trip of the bundled example recording (or `--input`) with Kyutai's released Mimi
+weights: the audio goes through encode -> codes -> decode one 80 ms frame at a time, as in a live call. It
+writes the reconstruction and prints the codes' shape, the bitrate and the time per frame.
+
+Weights: `--weights FILE`, else Kyutai's file from the Hugging Face hub (its cache first). Offline without a
+cached copy it says how to provide them and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+HUB_SOURCES = [("kyutai/moshiko-pytorch-bf16", MIMI_FILE), ("kyutai/mimi", MIMI_FILE)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default=None, metavar="FILE.safetensors",
+                        help=f"Mimi weights (default: {MIMI_FILE} from {HUB_SOURCES[0][0]} on the hub)")
+    parser.add_argument("--input", "-i", default=None, metavar="AUDIO", help="default: the bundled example")
+    parser.add_argument("--output", "-o", default="mimi_roundtrip.wav", metavar="WAV",
+                        help="the reconstruction (default: %(default)s)")
+    parser.add_argument("--num-codebooks", "-k", type=int, default=8, metavar="K", help="1..32 (default 8)")
+    parser.add_argument("--preset", default="mimi", choices=["mimi", "tiny"], help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def offline_message(problems: list[str]) -> str:
+    return "\n".join([
+        "error: could not get Kyutai's Mimi weights from the Hugging Face hub:",
+        *(f"  - {p}" for p in problems),
+        "Provide them in one of these ways:",
+        f"  - download {MIMI_FILE} (hub repo {HUB_SOURCES[0][0]} or {HUB_SOURCES[1][0]}) on a connected",
+        "    machine and pass it: openmoshi demo --weights /path/to/" + MIMI_FILE,
+        "  - or fill the hub cache once online: python -c \"from huggingface_hub import hf_hub_download; "
+        f"hf_hub_download('{HUB_SOURCES[0][0]}', '{MIMI_FILE}')\"",
+        "    (later runs find it there, also with HF_HUB_OFFLINE=1; HF_HOME moves the cache).",
+    ])
+
+
+def fetch_weights() -> tuple[Path | None, list[str]]:
+    """Kyutai's Mimi file from the hub cache, else the hub. Returns (path or None, problems met)."""
+    from huggingface_hub import hf_hub_download
+
+    problems = []
+    for local_only in (True, False):
+        for repo, filename in HUB_SOURCES:
+            try:
+                return Path(hf_hub_download(repo, filename, local_files_only=local_only)), problems
+            except Exception as e:  # noqa: BLE001 - network, cache, auth: every failure means "not available"
+                if not local_only:
+                    problems.append(f"{repo}/{filename}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    return None, problems
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..audio import AudioError, example_recording, read_audio, write_wav
+    from ..codec.checkpoint import CheckpointError, load_mimi
+    from ..nn.streaming import streaming
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = Path(args.input) if args.input else example_recording()
+    try:
+        wav = read_audio(source)
+        if args.weights:
+            weights = Path(args.weights)
+        else:
+            print(f"fetching Mimi weights ({MIMI_FILE}) from the Hugging Face hub...", file=sys.stderr)
+            found, problems = fetch_weights()
+            if found is None:
+                print(offline_message(problems), file=sys.stderr)
+                return 1
+            weights = found
+        mimi = load_mimi(weights, args.preset)
+        qcfg = mimi.cfg.quantizer
+        if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
+            raise ValueError(f"--num-codebooks must be in 1..{qcfg.num_codebooks}, got {args.num_codebooks}")
+    except (AudioError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    frame = mimi.frame_size
+    frames = -(-len(wav) // frame)
+    x = torch.nn.functional.pad(torch.from_numpy(wav), (0, frames * frame - len(wav)))[None, None]
+    codes, audio, times = [], [], []
+    with torch.inference_mode(), streaming(mimi, 1):
+        for i in range(frames):
+            start = time.perf_counter()
+            c = mimi.encode(x[..., i * frame:(i + 1) * frame], args.num_codebooks)
+            audio.append(mimi.decode(c))
+            times.append(time.perf_counter() - start)
+            codes.append(c)
+    all_codes = torch.cat(codes, -1)[0]
+    out = torch.cat(audio, -1)[0, 0, :len(wav)].float().numpy()
+    write_wav(args.output, out, mimi.sample_rate)
+
+    bits = args.num_codebooks * math.log2(qcfg.codebook_size) * mimi.frame_rate
+    ms = sorted(times)[len(times) // 2] * 1000
+    print(f"input      {source} ({len(wav) / mimi.sample_rate:.2f} s at {mimi.sample_rate} Hz)")
+    print(f"weights    {weights}")
+    print(f"codes      {list(all_codes.shape)} ({args.num_codebooks} codebooks x {frames} frames at "
+          f"{mimi.frame_rate:g} Hz), {bits / 1000:.2f} kbps")
+    print(f"streaming  {ms:.1f} ms per {1000 * frame / mimi.sample_rate:.0f} ms frame (median, encode + decode)")
+    print(f"output     {args.output}")
+    return 0
