@@ -44,12 +44,32 @@ def offline_message(problems: list[str]) -> str:
     ])
 
 
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (None when it can): a quick check that spares the client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        return f"cannot reach {host} ({e})"
+    return None
+
+
 def fetch_weights() -> tuple[Path | None, list[str]]:
     """Kyutai's Mimi file from the hub cache, else the hub. Returns (path or None, problems met)."""
     from huggingface_hub import hf_hub_download
 
     problems = []
     for local_only in (True, False):
+        if not local_only and (why := hub_unreachable()):
+            problems.append(f"not in the local hub cache, and {why}")
+            break
         for repo, filename in HUB_SOURCES:
             try:
                 return Path(hf_hub_download(repo, filename, local_files_only=local_only)), problems
