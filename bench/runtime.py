@@ -34,6 +34,18 @@ sys.path[:0] = [str(ROOT / "tests" / "lm"), str(ROOT / "tests" / "inference"), s
 import torch  # noqa: E402
 
 FRAME_MS = 80.0
+DEVICE = torch.device("cpu")
+
+
+def now() -> float:
+    """Wall time after the device's queued work is done (CPU: nothing to wait for)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def noise(*shape: int, generator: torch.Generator) -> torch.Tensor:
+    return (0.1 * torch.randn(*shape, generator=generator)).to(DEVICE)
 
 
 def lm_config(args):
@@ -68,7 +80,7 @@ def load_ours(args, folder: Path):
 
     mimi = Mimi()
     load_safetensors(mimi, folder / "mimi.safetensors")
-    return mimi.eval(), load_lm(folder / "lm.safetensors", lm_config(args))
+    return mimi.to(DEVICE).eval(), load_lm(folder / "lm.safetensors", lm_config(args), device=DEVICE)
 
 
 def load_reference(args, folder: Path):
@@ -77,10 +89,10 @@ def load_reference(args, folder: Path):
     from moshi.models.loaders import get_mimi
     from safetensors.torch import load_file
 
-    mimi = get_mimi(str(folder / "mimi.safetensors"), num_codebooks=8)
+    mimi = get_mimi(str(folder / "mimi.safetensors"), num_codebooks=8, device=DEVICE)
     lm = RefLM(**kyutai_kwargs(lm_config(args)))
     lm.load_state_dict(load_file(str(folder / "lm.safetensors")))
-    return mimi.eval(), lm.eval()
+    return mimi.eval(), lm.to(DEVICE).eval()
 
 
 def ms(values: list[float]) -> float:
@@ -101,26 +113,26 @@ def breakdown(ours, ref, frames: int) -> dict[str, dict[str, float]]:
     ref_gen = LMGen(ref_lm)
     with DuplexSession(mimi, lm, 1, seed=0) as s, ref_mimi.streaming(1), ref_gen.streaming(1):
         for t in range(frames + 3):
-            pcm = 0.1 * torch.randn(1, 1, 1920, generator=gen)
+            pcm = noise(1, 1, 1920, generator=gen)
             warm = t >= 3
             # ours: the session's three stages, as DuplexSession.step runs them
-            t0 = time.perf_counter()
+            t0 = now()
             codes = s.encode(pcm)
-            t1 = time.perf_counter()
+            t1 = now()
             out = s.generator.step(codes)
-            t2 = time.perf_counter()
+            t2 = now()
             if out is not None:
                 s.mimi.decode(out.audio[:, :8, None])
-            t3 = time.perf_counter()
+            t3 = now()
             # the reference, the way its server runs a frame
-            r0 = time.perf_counter()
+            r0 = now()
             ref_codes = ref_mimi.encode(pcm)
-            r1 = time.perf_counter()
+            r1 = now()
             tokens = ref_gen.step(ref_codes)
-            r2 = time.perf_counter()
+            r2 = now()
             if tokens is not None:
                 ref_mimi.decode(tokens[:, 1:])
-            r3 = time.perf_counter()
+            r3 = now()
             if warm:
                 for name, (a, b, c, d) in (("ours", (t0, t1, t2, t3)), ("reference", (r0, r1, r2, r3))):
                     times[name]["encode"].append(b - a)
@@ -144,9 +156,9 @@ def answer_delay_frames(ours, probe: int = 4, frames: int = 9) -> tuple[int, int
     mimi, lm = ours
     greedy = SamplingConfig(greedy=True)
     gen = torch.Generator().manual_seed(2)
-    user = 0.1 * torch.randn(frames, 1, 1, 1920, generator=gen)
+    user = noise(frames, 1, 1, 1920, generator=gen)
     changed = user.clone()
-    changed[probe] = 0.1 * torch.randn(1, 1, 1920, generator=gen)
+    changed[probe] = noise(1, 1, 1920, generator=gen)
     outs = []
     for audio in (user, changed):
         with DuplexSession(mimi, lm, 1, text_sampling=greedy, audio_sampling=greedy) as s:
@@ -170,16 +182,18 @@ def ours_batched(ours, batch: int, frames: int) -> float:
     steps = []
     with DuplexSession(mimi, lm, batch, seed=0) as s:
         for t in range(frames + 3):
-            pcm = 0.1 * torch.randn(batch, 1, 1920, generator=gen)
-            start = time.perf_counter()
+            pcm = noise(batch, 1, 1920, generator=gen)
+            start = now()
             s.step(pcm)
             if t >= 3:
-                steps.append(time.perf_counter() - start)
+                steps.append(now() - start)
     return statistics.median(steps)
 
 
 def _reference_worker(args, folder, frames, barrier, results) -> None:
     """One reference conversation in its own process (how Kyutai's server scales): median step seconds."""
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(1)
     from moshi.models.lm import LMGen
 
@@ -191,13 +205,13 @@ def _reference_worker(args, folder, frames, barrier, results) -> None:
         for t in range(frames + 3):
             if t == 3:
                 barrier.wait()  # every process times the same stretch of wall time
-            pcm = 0.1 * torch.randn(1, 1, 1920, generator=gen)
-            start = time.perf_counter()
+            pcm = noise(1, 1, 1920, generator=gen)
+            start = now()
             tokens = lm_gen.step(mimi.encode(pcm))
             if tokens is not None:
                 mimi.decode(tokens[:, 1:])
             if t >= 3:
-                steps.append(time.perf_counter() - start)
+                steps.append(now() - start)
     results.put(statistics.median(steps))
 
 
@@ -218,6 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of ours (one process); the reference gets as many 1-thread processes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--frames", type=int, default=30, help="timed frames per measurement")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--layers", type=int, default=6)
@@ -226,6 +241,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-processes", type=int, default=None, help="default: --threads")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     cfg = lm_config(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,7 +252,7 @@ def main() -> None:
         n_lm = sum(p.numel() for p in ours[1].parameters())
         print(f"config: Mimi 79.3M params (8 codebooks) + LM {n_lm / 1e6:.1f}M params (dim {cfg.dim} x "
               f"{cfg.num_layers} layers, depth {cfg.depformer_dim} x {cfg.depformer_num_layers} x {cfg.dep_q} "
-              f"steps); {args.threads} threads; {args.frames} frames per figure; medians")
+              f"steps); {DEVICE}, {args.threads} threads; {args.frames} frames per figure; medians")
 
         print("\n1. one conversation, ms per 80 ms frame (interleaved)")
         b = breakdown(ours, ref, args.frames)
