@@ -110,21 +110,40 @@ def _file_roles(cfg: KyutaiRepoConfig) -> list[tuple[str, str, str]]:
             ("tokenizer", "text tokenizer", cfg.tokenizer_name)]
 
 
-def _hub_fetch(repo: str, filename: str, revision: str | None) -> tuple[Path | None, str | None]:
-    """(local path, None) or (None, why it is unavailable) for one file of a hub repo."""
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (None when it can). A quick check that spares the client's minute of retries
+    when there is no network: the cache is then used alone."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as err:
+        return f"cannot reach {host} ({err})"
+    return None
+
+
+def _hub_fetch(repo: str, filename: str, revision: str | None, offline: str | None) -> tuple[Path | None, str | None]:
+    """(local path, None) or (None, why it is unavailable) for one file of a hub repo; `offline`: why the hub
+    cannot be reached (then only the local cache is looked at)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision)), None
+        return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=offline is not None)), None
     except LocalEntryNotFoundError:
-        return None, "offline or unreachable hub, and not in the local cache"
+        return None, f"not in the local cache, and {offline or 'the hub is unreachable'}"
     except EntryNotFoundError:
         return None, "not in the repo"
     except RepositoryNotFoundError:
         raise ModelFilesError(
             f"Hugging Face repo not found (or private/gated without a token): {repo}. Check the name, run "
-            f"`huggingface-cli login` for a private repo, or pass --model with a local folder."
+            f"`hf auth login` for a private repo, or pass --model with a local folder."
         ) from None
     except OSError as err:  # network errors past the hub's own offline handling
         return None, f"download failed ({type(err).__name__}: {err})"
@@ -133,12 +152,13 @@ def _hub_fetch(repo: str, filename: str, revision: str | None) -> tuple[Path | N
 def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | None) -> ModelFiles:
     config_path: Path | None = None
     config_problem: str | None = None
+    offline = _hub_unreachable()
     if explicit["config"]:
         config_path = Path(explicit["config"])
         if not config_path.is_file():
             raise ModelFilesError(f"model config not found: {config_path}")
     else:
-        config_path, config_problem = _hub_fetch(repo, CONFIG_NAME, revision)
+        config_path, config_problem = _hub_fetch(repo, CONFIG_NAME, revision, offline)
     repo_cfg, mimi = _read_config(config_path) if config_path else (parse_kyutai_config(None), {})
     paths: dict[str, Path] = {}
     missing: list[tuple[str, str]] = []
@@ -149,7 +169,7 @@ def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | No
                 missing.append((what, f"{path} (given on the command line) does not exist"))
             paths[key] = path
             continue
-        path, problem = _hub_fetch(repo, name, revision)
+        path, problem = _hub_fetch(repo, name, revision, offline)
         if path is None:
             missing.append((what, f"{name} from https://huggingface.co/{repo}: {problem}"))
         else:
@@ -158,7 +178,7 @@ def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | No
         if config_problem and config_problem != "not in the repo":
             missing.append(("config.json (optional)", f"{CONFIG_NAME}: {config_problem}"))
         names = " ".join(name for _, _, name in _file_roles(repo_cfg))
-        hint = (f"Connect to the internet (unset HF_HUB_OFFLINE) to download them, or fetch them elsewhere with "
+        hint = (f"Connect to the internet (and unset HF_HUB_OFFLINE) to download them, or fetch them elsewhere with "
                 f"`hf download {repo} {names} --local-dir FOLDER` (`huggingface-cli download` with older "
                 f"huggingface_hub), copy FOLDER here and pass --model FOLDER.")
         raise ModelFilesError(_missing_message(repo, missing, hint))

@@ -125,16 +125,17 @@ def test_hub_repo_uses_hf_hub_download(repo, monkeypatch):
 
     calls = []
 
-    def fake_download(repo_id, filename, revision=None, **kw):
-        calls.append((repo_id, filename, revision))
+    def fake_download(repo_id, filename, revision=None, local_files_only=False):
+        calls.append((repo_id, filename, revision, local_files_only))
         if filename == "config.json":
             raise EntryNotFoundError("no config.json")
         return str(repo / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(models_mod, "_hub_unreachable", lambda: None)
     files = resolve_model_files("someone/tiny", revision="main")
     assert [c[1] for c in calls] == ["config.json", DEFAULT_MOSHI_NAME, DEFAULT_MIMI_NAME, DEFAULT_TOKENIZER_NAME]
-    assert all(c[0] == "someone/tiny" and c[2] == "main" for c in calls)
+    assert all(c[0] == "someone/tiny" and c[2] == "main" and not c[3] for c in calls)
     assert files.repo_config.lm == LMConfig.moshiko_7b() and files.mimi == repo / DEFAULT_MIMI_NAME
 
 
@@ -148,11 +149,28 @@ def test_hub_file_missing_from_repo(monkeypatch, repo):
         return str(repo / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(models_mod, "_hub_unreachable", lambda: None)
     with pytest.raises(ModelFilesError) as err:
         resolve_model_files("someone/tiny")
     msg = str(err.value)
     assert f"{DEFAULT_TOKENIZER_NAME} from https://huggingface.co/someone/tiny: not in the repo" in msg
     assert DEFAULT_MOSHI_NAME not in msg.split("\n")[1]
+
+
+def test_unreachable_hub_uses_the_cache_alone(monkeypatch, repo):
+    """No network: files come from the cache (local_files_only), without the client's retries."""
+    import huggingface_hub
+
+    seen = []
+
+    def fake_download(repo_id, filename, revision=None, local_files_only=False):
+        seen.append(local_files_only)
+        return str(repo / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(models_mod, "_hub_unreachable", lambda: "cannot reach huggingface.co (test)")
+    files = resolve_model_files("someone/tiny")
+    assert seen == [True] * 4 and files.mimi == repo / DEFAULT_MIMI_NAME
 
 
 def test_offline_message_names_files_and_remedy(tmp_path):
@@ -164,7 +182,8 @@ def test_offline_message_names_files_and_remedy(tmp_path):
     err = proc.stderr
     assert "ModelFilesError" in err and "kyutai/moshiko-pytorch-bf16" in err
     for name in (DEFAULT_MOSHI_NAME, DEFAULT_MIMI_NAME, DEFAULT_TOKENIZER_NAME):
-        assert f"{name} from https://huggingface.co/kyutai/moshiko-pytorch-bf16: offline" in err
+        assert f"{name} from https://huggingface.co/kyutai/moshiko-pytorch-bf16: not in the local cache, and " \
+               "HF_HUB_OFFLINE is set" in err
     assert "unset HF_HUB_OFFLINE" in err and "--model FOLDER" in err
 
 
