@@ -27,6 +27,10 @@ class _AttentionState(StreamingState):
     positions: torch.Tensor  # [B, C] long: absolute position held by each slot, -1 = empty
     offset: torch.Tensor  # [B] long: absolute position of the row's next input
     step: int = 0  # host-side step counter, selects per-step weights (such modules are reset as a whole)
+    # Host-side bound on the ring slots ever written: min(context, inputs since allocation). Every row's offset
+    # is at most that count, so slots at or past it are still empty: single-step attention reads only
+    # the filled prefix (early in a stream, most of a 3000-slot window). Never lowered by a reset (a bound).
+    filled: int = 0
 
     def reset(self, mask: torch.Tensor) -> None:
         self.positions.masked_fill_(mask[:, None], -1)
@@ -142,8 +146,9 @@ class Attention(StreamingModule[_AttentionState]):
         state.values.scatter_(2, slot, v)
         old = state.positions.gather(1, slot[:, 0, :, 0])
         state.positions.scatter_(1, slot[:, 0, :, 0], torch.where(state.exec_mask[:, None], positions, old))
-        mask = (state.positions >= 0)[:, None, None, :]
-        return F.scaled_dot_product_attention(q, state.keys, state.values, attn_mask=mask)
+        n = state.filled = min(self.context, state.filled + 1)
+        mask = (state.positions[:, :n] >= 0)[:, None, None, :]
+        return F.scaled_dot_product_attention(q, state.keys[:, :, :n], state.values[:, :, :n], attn_mask=mask)
 
     def _attend_chunk(self, q, k, v, positions, state: _AttentionState) -> torch.Tensor:
         # Attend over the cache (read before this chunk overwrites it) plus the chunk itself.
@@ -154,6 +159,7 @@ class Attention(StreamingModule[_AttentionState]):
         # Keep the chunk's last `context` entries in their ring slots; a skipped row rewrites what it held
         # (a gather/where on the written slots only, not on the whole cache).
         n = min(q.shape[2], self.context)
+        state.filled = min(self.context, state.filled + q.shape[2])
         slots = positions[:, -n:] % self.context  # [B, n], distinct
         idx = slots[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
         run = state.exec_mask
