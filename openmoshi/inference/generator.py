@@ -64,7 +64,7 @@ class LMGenerator:
             self.rng.manual_seed(seed)
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(streaming(model.transformer, batch_size))
-        self._stack.enter_context(streaming(model.depformer.transformer, batch_size))
+        self.depth_cache = model.depformer.new_cache(batch_size)
         K, self.max_delay = cfg.num_streams, cfg.max_delay
         self.ring = self.max_delay + 2
         self.cache = torch.full((batch_size, K, self.ring), UNGENERATED, dtype=torch.long, device=device)
@@ -130,7 +130,7 @@ class LMGenerator:
 
         h, text_logits = self.model.forward_temporal(tokens)
         text = sample(text_logits[:, 0], self.text_sampling, self.rng)
-        audio = self.model.depformer.generate(h[:, 0], text, self._sample_audio)
+        audio = self.model.depformer.generate(h[:, 0], text, self._sample_audio, self.depth_cache)
         self.last_sampled = (text, audio)
 
         new = torch.cat([text[:, None], audio], dim=1)  # [B, 1 + dep_q]

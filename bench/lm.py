@@ -1,0 +1,136 @@
+"""Per-step latency of our LM generator against the reference `moshi` LMGen, same weights, same run.
+
+Config: the real depth transformer (1024 wide, 6 layers, 16 heads, 8 steps) under a reduced temporal
+transformer (1024 wide, 8 layers by default), vocabularies of the released model (32000 text, 2048 audio).
+Both sample with the default settings (text 0.7/25, audio 0.8/250). Steps are interleaved one by one
+(ours, reference, ours, ...) after a warm-up; we report medians per step and the ratio reference / ours.
+
+    .venv/bin/python bench/lm.py [--threads 1 2] [--steps 40] [--layers 8] [--batch 1]
+    .venv/bin/python bench/lm.py --full-7b   # random bf16 7B weights, a few steps of ours only (needs ~17 GB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "lm"))  # the reference-model helpers of the LM tests
+
+import torch  # noqa: E402
+
+from openmoshi.inference.generator import LMGenerator  # noqa: E402
+from openmoshi.lm.config import LMConfig  # noqa: E402
+
+
+def bench_config(layers: int) -> LMConfig:
+    return LMConfig.moshiko_7b().replace(dim=1024, num_layers=layers, num_heads=8, hidden=2816)
+
+
+def state_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def our_state_tensors(gen: LMGenerator):
+    yield gen.cache
+    for root in (gen.model.transformer, gen.model.depformer.transformer):
+        for m in root.modules():
+            st = getattr(m, "state", None)
+            if st is not None:
+                yield from (v for v in vars(st).values() if isinstance(v, torch.Tensor))
+
+
+def ref_state_tensors(lm_gen):
+    for m in lm_gen.lm_model.modules():
+        st = getattr(m, "_streaming_state", None)
+        cache = getattr(st, "kv_cache", None)
+        if cache is not None:
+            yield cache.cache
+    yield lm_gen._streaming_state.cache
+
+
+def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int) -> dict:
+    from lm_testutils import make_pair
+    from moshi.models.lm import LMGen
+
+    torch.set_num_threads(threads)
+    ref, ours = make_pair(cfg, seed=0)
+    user = torch.randint(0, cfg.card, (steps + warmup, batch, cfg.num_user_codebooks))
+    lm_gen = LMGen(ref, use_sampling=True, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25)
+    t_ours, t_ref = [], []
+    with lm_gen.streaming(batch), torch.no_grad(), LMGenerator(ours, batch, seed=0) as gen:
+        for i in range(steps + warmup):
+            t0 = time.perf_counter()
+            gen.step(user[i])
+            t1 = time.perf_counter()
+            lm_gen.step(user[i][:, :, None])
+            t2 = time.perf_counter()
+            if i >= warmup:
+                t_ours.append(t1 - t0)
+                t_ref.append(t2 - t1)
+        mem_ours = state_bytes(our_state_tensors(gen))
+        mem_ref = state_bytes(ref_state_tensors(lm_gen))
+    params = sum(p.numel() * p.element_size() for p in ours.parameters())
+    return {
+        "ours_ms": 1e3 * statistics.median(t_ours), "ref_ms": 1e3 * statistics.median(t_ref),
+        "state_ours_mb": mem_ours / 2**20, "state_ref_mb": mem_ref / 2**20, "params_mb": params / 2**20,
+    }
+
+
+def full_7b(steps: int, threads: int) -> None:
+    from openmoshi.lm.checkpoint import build_empty
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = build_empty(LMConfig.moshiko_7b(), dtype=torch.bfloat16)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in model.parameters():  # random weights, layer by layer (no second copy)
+            p.normal_(0, p.shape[-1] ** -0.5, generator=gen) if p.dim() > 1 else p.fill_(1.0)
+    model.eval()
+    print(f"built random bf16 7B in {time.perf_counter() - t0:.1f}s")
+    user = torch.zeros(1, 8, dtype=torch.long)
+    times = []
+    with LMGenerator(model, 1, seed=0) as g:
+        for _ in range(steps):
+            t = time.perf_counter()
+            g.step(user)
+            times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"7B bf16, {threads} threads: median {statistics.median(times[1:]):.2f} s/step over {steps - 1} steps "
+          f"(first {times[0]:.2f} s); peak RSS {peak:.1f} GiB")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--layers", type=int, default=8, help="temporal transformer layers")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--full-7b", action="store_true")
+    args = p.parse_args()
+    if args.full_7b:
+        full_7b(max(args.steps, 2), args.threads[-1])
+        return
+    cfg = bench_config(args.layers)
+    print(f"temporal {cfg.dim}x{cfg.num_layers} (context {cfg.context}), depth {cfg.depformer_dim}x"
+          f"{cfg.depformer_num_layers} x {cfg.dep_q} steps, batch {args.batch}, fp32, {args.steps} steps")
+    for threads in args.threads:
+        r = run_pair(cfg, threads, args.steps, args.warmup, args.batch)
+        print(f"threads {threads}: ours {r['ours_ms']:.1f} ms/step, reference {r['ref_ms']:.1f} ms/step, "
+              f"ratio {r['ref_ms'] / r['ours_ms']:.2f}x | streaming state ours {r['state_ours_mb']:.1f} MiB, "
+              f"reference {r['state_ref_mb']:.1f} MiB | weights {r['params_mb']:.0f} MiB")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"peak RSS of this process: {peak:.0f} MiB (both models)")
+
+
+if __name__ == "__main__":
+    main()
