@@ -56,7 +56,26 @@ def ref_state_tensors(lm_gen):
     yield lm_gen._streaming_state.cache
 
 
-def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int) -> dict:
+def fill_context(gen: LMGenerator, lm_gen) -> None:
+    """Mark both temporal KV rings full (steady state past the first `context` steps, e.g. 4 min for the 7B)."""
+    from moshi.modules.transformer import StreamingMultiheadAttention
+
+    C = gen.cfg.context
+    for m in gen.model.transformer.modules():
+        st = getattr(m, "state", None)
+        if st is not None and hasattr(st, "positions"):
+            st.positions.copy_(torch.arange(C))
+            st.offset.fill_(C)
+            st.filled = C
+    for m in lm_gen.lm_model.transformer.modules():
+        if isinstance(m, StreamingMultiheadAttention):
+            st = m._streaming_state
+            st.kv_cache.end_offset.fill_(C)
+            st.offset.fill_(C)
+            st.offset_cpu = C
+
+
+def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int, full: bool) -> dict:
     from lm_testutils import make_pair
     from moshi.models.lm import LMGen
 
@@ -66,6 +85,8 @@ def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int) -
     lm_gen = LMGen(ref, use_sampling=True, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25)
     t_ours, t_ref = [], []
     with lm_gen.streaming(batch), torch.no_grad(), LMGenerator(ours, batch, seed=0) as gen:
+        if full:
+            fill_context(gen, lm_gen)
         for i in range(steps + warmup):
             t0 = time.perf_counter()
             gen.step(user[i])
@@ -116,6 +137,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8, help="temporal transformer layers")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--full-7b", action="store_true")
+    p.add_argument("--modes", nargs="+", default=["fresh", "full"], choices=["fresh", "full"],
+                   help="fresh: a new conversation; full: the temporal context window already full")
     args = p.parse_args()
     if args.full_7b:
         full_7b(max(args.steps, 2), args.threads[-1])
@@ -123,11 +146,12 @@ def main() -> None:
     cfg = bench_config(args.layers)
     print(f"temporal {cfg.dim}x{cfg.num_layers} (context {cfg.context}), depth {cfg.depformer_dim}x"
           f"{cfg.depformer_num_layers} x {cfg.dep_q} steps, batch {args.batch}, fp32, {args.steps} steps")
-    for threads in args.threads:
-        r = run_pair(cfg, threads, args.steps, args.warmup, args.batch)
-        print(f"threads {threads}: ours {r['ours_ms']:.1f} ms/step, reference {r['ref_ms']:.1f} ms/step, "
-              f"ratio {r['ref_ms'] / r['ours_ms']:.2f}x | streaming state ours {r['state_ours_mb']:.1f} MiB, "
-              f"reference {r['state_ref_mb']:.1f} MiB | weights {r['params_mb']:.0f} MiB")
+    for mode in args.modes:
+        for threads in args.threads:
+            r = run_pair(cfg, threads, args.steps, args.warmup, args.batch, mode == "full")
+            print(f"{mode:5s} threads {threads}: ours {r['ours_ms']:.1f} ms/step, reference {r['ref_ms']:.1f} ms/step, "
+                  f"ratio {r['ref_ms'] / r['ours_ms']:.2f}x | streaming state ours {r['state_ours_mb']:.1f} MiB, "
+                  f"reference {r['state_ref_mb']:.1f} MiB | weights {r['params_mb']:.0f} MiB")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     print(f"peak RSS of this process: {peak:.0f} MiB (both models)")
 

@@ -141,3 +141,10 @@ def test_dep_q16_takes_no_user_codes_and_bad_shapes_are_named():
             gen.step(torch.zeros(2, 7, dtype=torch.long))
         with pytest.raises(ValueError, match="reset mask"):
             gen.reset(torch.zeros(3, dtype=torch.bool))
+
+
+def test_bf16_generation_runs():
+    cfg = LMConfig.tiny(acoustic_delay=2)
+    model = _model(cfg).to(torch.bfloat16)
+    outs = _run(model, _user(8, 2, cfg), greedy=False)
+    assert outs[1] is None and all(((o >= 0) & (o < cfg.text_card)).all() for o in outs[2:])
