@@ -75,6 +75,19 @@ class MimiConfig:
         )
 
 
+def _store_transposed(module: nn.Module) -> None:
+    """Give every Linear weight [out, in] the memory layout of its transpose (same shape, same values).
+
+    Streaming multiplies 2 rows by each weight, so the weights' memory traffic is the cost: with the weight
+    stored [in, out] contiguous, CPU BLAS reads it ~20% faster than a transposed operand. Loading
+    (copy_) and `.to()` keep the layout; `state_dict()` tensors need `.contiguous()` before saving.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            w = layer.weight
+            layer.weight = nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
+
+
 class Mimi(nn.Module):
     """The codec. `encode` [B, 1, T] -> codes [B, K, F]; `decode` codes [B, K, F] -> [B, 1, F * frame_size]."""
 
@@ -91,6 +104,8 @@ class Mimi(nn.Module):
         self.upsample = StreamingConvTranspose1d(dim, dim, 2 * stride, stride=stride, groups=dim, bias=False)
         self.decoder_transformer = Transformer(cfg.transformer)
         self.decoder = SEANetDecoder(cfg.seanet)
+        for transformer in (self.encoder_transformer, self.decoder_transformer):
+            _store_transposed(transformer)
 
     @property
     def frame_size(self) -> int:

@@ -1,0 +1,201 @@
+"""Mimi speed and memory: ours vs Kyutai's reference (moshi 0.2.13) vs rustymimi, same weights, same run.
+
+Every measurement runs in a fresh subprocess (so peak RSS is that implementation's alone), and the
+implementations take turns (interleaved rounds) so that a change in machine load hits them all alike.
+Measured:
+- streaming: encode + decode of one 80 ms frame per call (batch 1, 8 codebooks), with 1 and 2 threads;
+- batch: encode of 10 s of audio, and decode of its codes (2 threads);
+- peak memory: ru_maxrss of the worker process (weights loaded from the same safetensors file).
+Weights: the random real-size init of tests/codec (FACTS.md), in Kyutai's published naming.
+
+    .venv/bin/python bench/codec.py [--rounds 3] [--frames 40] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAME = 1920
+IMPLS = ("ours", "reference", "rustymimi")
+
+
+def _make_weights(path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "codec"))
+    from codec_testutils import random_state, to_published_naming
+    from safetensors.torch import save_file
+
+    save_file(to_published_naming(random_state(0)), str(path))
+
+
+def _audio(seconds: float):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return 0.1 * torch.randn(1, 1, int(seconds * 24000), generator=gen)
+
+
+def _load(impl: str, weights: str):
+    if impl == "ours":
+        from openmoshi.codec.checkpoint import load_mimi
+
+        return load_mimi(weights)
+    if impl == "reference":
+        from moshi.models.loaders import get_mimi
+
+        return get_mimi(weights, device="cpu")
+    import rustymimi
+
+    return rustymimi.Tokenizer(weights)
+
+
+def _stream(impl: str, model, frames: int) -> list[float]:
+    import torch
+
+    wav = _audio(frames * FRAME / 24000 + 1)
+    times = []
+    if impl == "rustymimi":
+        x = wav.numpy()
+        for i in range(frames):
+            t = time.perf_counter()
+            codes = model.encode_step(x[..., i * FRAME:(i + 1) * FRAME])
+            model.decode_step(codes)
+            times.append(time.perf_counter() - t)
+        return times
+    if impl == "ours":
+        from openmoshi.nn.streaming import streaming
+
+        ctx = streaming(model, 1)
+    else:
+        ctx = model.streaming(1)
+    with torch.no_grad(), ctx:
+        for i in range(frames):
+            t = time.perf_counter()
+            codes = model.encode(wav[..., i * FRAME:(i + 1) * FRAME], 8) if impl == "ours" else \
+                model.encode(wav[..., i * FRAME:(i + 1) * FRAME])
+            model.decode(codes)
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def _batch(impl: str, model, reps: int) -> tuple[list[float], list[float]]:
+    import numpy as np
+    import torch
+
+    wav = _audio(10.0)
+    enc, dec = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        if impl == "rustymimi":
+            model.reset()
+            codes = model.encode(wav.numpy())
+            t1 = time.perf_counter()
+            model.decode(codes.astype(np.uint32))
+        else:
+            with torch.no_grad():
+                codes = model.encode(wav, 8) if impl == "ours" else model.encode(wav)
+                t1 = time.perf_counter()
+                model.decode(codes)
+        enc.append(t1 - t)
+        dec.append(time.perf_counter() - t1)
+    return enc, dec
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = _load(args.impl, args.weights)
+    out: dict = {"impl": args.impl, "threads": args.threads, "task": args.task}
+    if args.task == "stream":
+        times = _stream(args.impl, model, args.frames + 5)[5:]  # the first calls warm up
+        out["ms_per_frame"] = 1000 * statistics.median(times)
+    else:
+        _batch(args.impl, model, 1)  # warm-up
+        enc, dec = _batch(args.impl, model, args.reps)
+        out["encode_10s_ms"] = 1000 * statistics.median(enc)
+        out["decode_10s_ms"] = 1000 * statistics.median(dec)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out))
+
+
+def _run_worker(impl: str, task: str, threads: int, weights: Path, frames: int, reps: int) -> dict:
+    env = dict(os.environ, NO_TORCH_COMPILE="1", RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, __file__, "--worker", impl, "--task", task, "--threads", str(threads),
+           "--weights", str(weights), "--frames", str(frames), "--reps", str(reps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"worker {impl}/{task}/{threads} failed:\n{proc.stderr[-2000:]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--frames", type=int, default=40, help="timed streaming frames per worker")
+    p.add_argument("--reps", type=int, default=3, help="timed batch repetitions per worker")
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--markdown", action="store_true", help="print a markdown table for docs/benchmarks.md")
+    p.add_argument("--worker", choices=IMPLS, dest="impl", help=argparse.SUPPRESS)
+    p.add_argument("--task", choices=["stream", "batch"], help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.impl:
+        worker(args)
+        return
+    impls = args.impls.split(",")
+    results: dict[tuple[str, str, int], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "mimi.safetensors"
+        _make_weights(weights)
+        jobs = [("stream", 1), ("stream", 2), ("batch", 2)]
+        for r in range(args.rounds):
+            for task, threads in jobs:
+                for impl in impls:  # interleaved: each implementation in turn, every round
+                    res = _run_worker(impl, task, threads, weights, args.frames, args.reps)
+                    results.setdefault((impl, task, threads), []).append(res)
+                    print(f"round {r} {impl:9s} {task} t={threads}: "
+                          + ", ".join(f"{k}={v:.1f}" for k, v in res.items() if isinstance(v, float)),
+                          file=sys.stderr, flush=True)
+    _report(results, impls, args.markdown)
+
+
+def _median(results: dict, key: tuple, field: str) -> float | None:
+    rows = results.get(key)
+    return statistics.median(r[field] for r in rows) if rows else None
+
+
+def _report(results: dict, impls: list[str], markdown: bool) -> None:
+    rows = [
+        ("streaming, 1 thread (ms / 80 ms frame)", ("stream", 1), "ms_per_frame"),
+        ("streaming, 2 threads (ms / 80 ms frame)", ("stream", 2), "ms_per_frame"),
+        ("batch encode 10 s, 2 threads (ms)", ("batch", 2), "encode_10s_ms"),
+        ("batch decode 10 s, 2 threads (ms)", ("batch", 2), "decode_10s_ms"),
+        ("peak RSS, streaming 2 threads (MB)", ("stream", 2), "peak_rss_mb"),
+        ("peak RSS, batch 10 s (MB)", ("batch", 2), "peak_rss_mb"),
+    ]
+    others = [i for i in impls if i != "ours"]
+    header = ["measure", *impls, *(f"{o} / ours" for o in others)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for title, (task, threads), field in rows:
+        vals = {i: _median(results, (i, task, threads), field) for i in impls}
+        cells = [f"{vals[i]:.1f}" if vals[i] is not None else "-" for i in impls]
+        ratios = [f"{vals[o] / vals['ours']:.2f}x" if vals.get("ours") and vals[o] else "-" for o in others]
+        lines.append("| " + " | ".join([title, *cells, *ratios]) + " |")
+    print("\n".join(lines) if markdown else "\n".join(lines).replace("|", " "))
+
+
+if __name__ == "__main__":
+    main()
