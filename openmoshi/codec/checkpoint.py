@@ -11,8 +11,9 @@ decoder: 0 conv_in, 2+3s up conv (transposed) of stage s, 3+3s residual of stage
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -70,21 +71,35 @@ def kyutai_to_ours(name: str, num_stages: int = 4) -> str | None:
     return None
 
 
-def convert_state(
-    state: Mapping[str, Tensor], ours: set[str], rename: Callable[[str], str | None] = kyutai_to_ours
-) -> tuple[dict[str, Tensor], list[str]]:
-    """Rename a state to our names. Returns (converted, names that map to nothing)."""
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    for name, value in state.items():
-        target = name if name in ours else rename(name)
-        if target is None:
-            unknown.append(name)
-        elif target in out:
-            unknown.append(f"{name} (duplicate of another name for {target})")
+def _plan(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], source: str) -> dict[str, str]:
+    """Match a checkpoint's names and shapes to the model: {our name: checkpoint name}.
+
+    Raises CheckpointError listing missing, unexpected and mis-shaped tensors.
+    """
+    expected = model.state_dict()
+    plan: dict[str, str] = {}
+    unexpected: list[str] = []
+    for name in shapes:
+        target = name if name in expected else kyutai_to_ours(name)
+        if target is None or target not in expected:
+            unexpected.append(name)
+        elif target in plan:
+            unexpected.append(f"{name} (a second tensor for {target})")
         else:
-            out[target] = value
-    return out, unknown
+            plan[target] = name
+    missing = sorted(set(expected) - set(plan))
+    wrong_shape = [
+        f"{ours}: file {tuple(shapes[theirs])} vs model {tuple(expected[ours].shape)}"
+        for ours, theirs in plan.items()
+        if tuple(shapes[theirs]) != tuple(expected[ours].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        lines = [f"{source} does not fit the model:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if items:
+                lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        raise CheckpointError("\n".join(lines))
+    return plan
 
 
 def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:
@@ -92,40 +107,67 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str = "che
 
     Raises CheckpointError listing missing, unexpected and mis-shaped tensors; nothing is loaded then.
     """
-    expected = model.state_dict()
-    converted, unexpected = convert_state(state, set(expected))
-    missing = sorted(set(expected) - set(converted))
-    wrong_shape = [
-        f"{name}: file {tuple(value.shape)} vs model {tuple(expected[name].shape)}"
-        for name, value in converted.items()
-        if name in expected and value.shape != expected[name].shape
-    ]
-    unexpected += [name for name in converted if name not in expected]
-    if missing or unexpected or wrong_shape:
-        lines = [f"{source} does not fit the model:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if items:
-                lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
+    plan = _plan(model, {name: tuple(value.shape) for name, value in state.items()}, source)
+    targets = model.state_dict()
     with torch.no_grad():
-        for name, target in expected.items():
-            target.copy_(converted[name])
-    # Buffers edited in place bump their version counters; the codebook caches see it.
+        # In place: parameters keep their memory layout; the codebook caches see the buffers' new versions.
+        for ours, theirs in plan.items():
+            targets[ours].copy_(state[theirs])
+
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_header(f, path: Path) -> tuple[dict[str, dict], int]:
+    """The safetensors header {name: {dtype, shape, data_offsets}} and where the data starts."""
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise CheckpointError(f"{path} is not a safetensors file (too short)")
+    size = int.from_bytes(raw, "little")
+    if size > 100_000_000:
+        raise CheckpointError(f"{path} is not a safetensors file (header size {size})")
+    try:
+        header = json.loads(f.read(size))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not a safetensors file (bad header: {e})") from e
+    header.pop("__metadata__", None)
+    for name, info in header.items():
+        if not isinstance(info, dict) or info.get("dtype") not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has an unsupported entry {info!r}")
+    return header, 8 + size
 
 
 def load_safetensors(model: nn.Module, path: str | Path) -> None:
-    """Load a safetensors file (Kyutai's or our naming) into `model`, strictly."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Load a safetensors file (Kyutai's or our naming) into `model`, strictly.
 
+    Names and shapes are checked from the file's header before any data is read; then each tensor is read
+    straight from the file (no mmap, whose pages would count as resident) and copied into place, so the peak
+    memory is the model plus its largest tensor.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+        with open(path, "rb") as f:
+            header, data_start = _read_header(f, path)
+            plan = _plan(model, {name: tuple(info["shape"]) for name, info in header.items()}, str(path))
+            targets = model.state_dict()
+            with torch.no_grad():
+                for ours, theirs in plan.items():
+                    info = header[theirs]
+                    start, end = info["data_offsets"]
+                    buf = bytearray(end - start)
+                    f.seek(data_start + start)
+                    if f.readinto(buf) != len(buf):
+                        raise CheckpointError(f"{path} is truncated (tensor {theirs})")
+                    value = torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]) if buf else torch.empty(0)
+                    targets[ours].copy_(value.view(info["shape"]))
+    except OSError as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-    load_state(model, state, source=str(path))
 
 
 def load_mimi(

@@ -83,8 +83,23 @@ def test_load_errors_for_bad_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         load_safetensors(model, tmp_path / "nope.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_safetensors(model, tmp_path / "bad.safetensors")
+    # A valid file cut short: the names and shapes fit, the data is missing.
+    save_file({k: v.contiguous() for k, v in _tiny().state_dict().items()}, tmp_path / "full.safetensors")
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_safetensors(model, tmp_path / "cut.safetensors")
+
+
+def test_bf16_file_loads_into_fp32_model(tmp_path: Path) -> None:
+    src = _tiny()
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in src.state_dict().items()}, tmp_path / "h.safetensors")
+    dst = Mimi(MimiConfig.tiny())
+    load_safetensors(dst, tmp_path / "h.safetensors")
+    for name, value in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[name], value.to(torch.bfloat16).float()), name
 
 
 def test_both_kyutai_namings_load_the_same_real_size_weights() -> None:
