@@ -72,10 +72,12 @@ class StreamingConv1d(StreamingModule[_ConvState]):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups == 1 and self.dilation == 1 and self.in_channels * self.kernel_size >= 1024:
-            # Wide convs as one GEMM over the unfolded frames: on CPU, F.conv1d falls back to a slow path for
-            # short inputs (streaming); this is 2-5x faster there and as fast on long inputs. The weight
-            # [O, I, K] viewed as [O, I*K] needs no copy.
+        width = self.in_channels * self.kernel_size
+        frames = (x.shape[-1] - self.effective_kernel) // self.stride + 1
+        if self.groups == 1 and self.dilation == 1 and width >= 1024 and frames * width <= 1 << 20:
+            # Wide convs on short inputs (streaming) as one GEMM over the unfolded frames: on CPU, F.conv1d
+            # takes a slow path there, 2-5x slower. Long inputs keep F.conv1d (no unfolded copy in memory).
+            # The weight [O, I, K] viewed as [O, I*K] needs no copy.
             cols = x.unfold(2, self.kernel_size, self.stride).transpose(1, 2)  # [B, T', I, K]
             cols = cols.reshape(x.shape[0], cols.shape[1], -1)
             w = self.weight.view(self.out_channels, -1)

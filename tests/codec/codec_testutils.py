@@ -16,9 +16,8 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 import torch  # noqa: E402
 
-STATE_DICT_TXT = Path("/work/shared/reference/mimi_state_dict.txt")
-if not STATE_DICT_TXT.exists():  # a clone elsewhere: the copy kept beside the tests
-    STATE_DICT_TXT = Path(__file__).with_name("mimi_state_dict.txt")
+# A copy of the project's reference/mimi_state_dict.txt, kept beside the tests so that a clone is self-contained.
+STATE_DICT_TXT = Path(__file__).with_name("mimi_state_dict.txt")
 
 
 def reference_shapes() -> dict[str, tuple[int, ...]]:
