@@ -30,8 +30,14 @@ from openmoshi.inference.generator import LMGenerator  # noqa: E402
 from openmoshi.lm.config import LMConfig  # noqa: E402
 
 
-def bench_config(layers: int) -> LMConfig:
-    return LMConfig.moshiko_7b().replace(dim=1024, num_layers=layers, num_heads=8, hidden=2816)
+def bench_config(layers: int, narrow: bool = False) -> LMConfig:
+    """The bench config; `narrow` keeps the structure (layers, steps, vocabularies) at width 64, which leaves
+    mostly the per-op overhead (Python, dispatch, small kernels) instead of reading weights."""
+    cfg = LMConfig.moshiko_7b().replace(dim=1024, num_layers=layers, num_heads=8, hidden=2816)
+    if narrow:
+        cfg = cfg.replace(dim=64, num_heads=4, hidden=96, depformer_dim=64, depformer_num_heads=4,
+                          depformer_hidden=96)
+    return cfg
 
 
 def state_bytes(tensors) -> int:
@@ -75,12 +81,13 @@ def fill_context(gen: LMGenerator, lm_gen) -> None:
             st.offset_cpu = C
 
 
-def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int, full: bool) -> dict:
+def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int, full: bool,
+             dtype: torch.dtype = torch.float32) -> dict:
     from lm_testutils import make_pair
     from moshi.models.lm import LMGen
 
     torch.set_num_threads(threads)
-    ref, ours = make_pair(cfg, seed=0)
+    ref, ours = make_pair(cfg, seed=0, dtype=dtype)
     user = torch.randint(0, cfg.card, (steps + warmup, batch, cfg.num_user_codebooks))
     lm_gen = LMGen(ref, use_sampling=True, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25)
     t_ours, t_ref = [], []
@@ -105,28 +112,55 @@ def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int, f
     }
 
 
-def full_7b(steps: int, threads: int) -> None:
-    from openmoshi.lm.checkpoint import build_empty
+def _fill_random(model: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # random weights, in place (no second copy)
+            if p.dim() > 1:
+                bound = 3**0.5 * p.shape[-1] ** -0.5  # uniform with variance 1 / fan_in
+                p.uniform_(-bound, bound, generator=gen)
+            else:
+                p.fill_(1.0)
 
+
+def full_7b(steps: int, threads: int, reference: bool) -> None:
+    """Random bf16 7B weights (built on meta, materialised once), a few generator steps, peak RSS."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = build_empty(LMConfig.moshiko_7b(), dtype=torch.bfloat16)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(0)
-        for p in model.parameters():  # random weights, layer by layer (no second copy)
-            p.normal_(0, p.shape[-1] ** -0.5, generator=gen) if p.dim() > 1 else p.fill_(1.0)
+    if reference:
+        from lm_testutils import kyutai_kwargs
+        from moshi.models.lm import LMGen
+        from moshi.models.lm import LMModel as RefLMModel
+
+        with torch.device("meta"):
+            model = RefLMModel(**kyutai_kwargs(LMConfig.moshiko_7b()), dtype=torch.bfloat16)
+    else:
+        from openmoshi.lm.checkpoint import build_empty
+
+        model = build_empty(LMConfig.moshiko_7b(), dtype=torch.bfloat16)
+    model = model.to_empty(device="cpu")
+    _fill_random(model)
     model.eval()
-    print(f"built random bf16 7B in {time.perf_counter() - t0:.1f}s")
+    name = "reference" if reference else "ours"
+    print(f"{name}: built random bf16 7B in {time.perf_counter() - t0:.1f}s")
     user = torch.zeros(1, 8, dtype=torch.long)
     times = []
-    with LMGenerator(model, 1, seed=0) as g:
-        for _ in range(steps):
-            t = time.perf_counter()
-            g.step(user)
-            times.append(time.perf_counter() - t)
+    if reference:
+        lm_gen = LMGen(model, use_sampling=True)
+        with lm_gen.streaming(1), torch.no_grad():
+            for _ in range(steps):
+                t = time.perf_counter()
+                lm_gen.step(user[:, :, None])
+                times.append(time.perf_counter() - t)
+    else:
+        with LMGenerator(model, 1, seed=0) as g:
+            for _ in range(steps):
+                t = time.perf_counter()
+                g.step(user)
+                times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"7B bf16, {threads} threads: median {statistics.median(times[1:]):.2f} s/step over {steps - 1} steps "
-          f"(first {times[0]:.2f} s); peak RSS {peak:.1f} GiB")
+    print(f"{name} 7B bf16, {threads} thread(s): median {statistics.median(times[1:]):.2f} s/step over "
+          f"{steps - 1} steps (first {times[0]:.2f} s); peak RSS {peak:.1f} GiB")
 
 
 def main() -> None:
@@ -136,19 +170,23 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--layers", type=int, default=8, help="temporal transformer layers")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--full-7b", action="store_true")
-    p.add_argument("--modes", nargs="+", default=["fresh", "full"], choices=["fresh", "full"],
-                   help="fresh: a new conversation; full: the temporal context window already full")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--full-7b", action="store_true", help="random bf16 7B, ours (not in CI: ~16 GiB)")
+    p.add_argument("--reference", action="store_true", help="with --full-7b: the reference instead of ours")
+    p.add_argument("--modes", nargs="+", default=["fresh", "full", "narrow"], choices=["fresh", "full", "narrow"],
+                   help="fresh: a new conversation; full: the temporal context window already full; "
+                        "narrow: fresh at width 64 (per-op overhead only)")
     args = p.parse_args()
     if args.full_7b:
-        full_7b(max(args.steps, 2), args.threads[-1])
+        full_7b(max(args.steps, 2), args.threads[0], args.reference)
         return
     cfg = bench_config(args.layers)
     print(f"temporal {cfg.dim}x{cfg.num_layers} (context {cfg.context}), depth {cfg.depformer_dim}x"
-          f"{cfg.depformer_num_layers} x {cfg.dep_q} steps, batch {args.batch}, fp32, {args.steps} steps")
+          f"{cfg.depformer_num_layers} x {cfg.dep_q} steps, batch {args.batch}, {args.dtype}, {args.steps} steps")
     for mode in args.modes:
         for threads in args.threads:
-            r = run_pair(cfg, threads, args.steps, args.warmup, args.batch, mode == "full")
+            c = bench_config(args.layers, narrow=mode == "narrow")
+            r = run_pair(c, threads, args.steps, args.warmup, args.batch, mode == "full", getattr(torch, args.dtype))
             print(f"{mode:5s} threads {threads}: ours {r['ours_ms']:.1f} ms/step, reference {r['ref_ms']:.1f} ms/step, "
                   f"ratio {r['ref_ms'] / r['ours_ms']:.2f}x | streaming state ours {r['state_ours_mb']:.1f} MiB, "
                   f"reference {r['state_ref_mb']:.1f} MiB | weights {r['params_mb']:.0f} MiB")
