@@ -148,3 +148,23 @@ def test_bf16_generation_runs():
     model = _model(cfg).to(torch.bfloat16)
     outs = _run(model, _user(8, 2, cfg), greedy=False)
     assert outs[1] is None and all(((o >= 0) & (o < cfg.text_card)).all() for o in outs[2:])
+
+
+def test_step_makes_no_host_sync(monkeypatch):
+    """A step never reads a tensor value on the host (.item(), .tolist(), bool(), int(), float())."""
+    cfg = LMConfig.tiny(acoustic_delay=2)
+    model = _model(cfg)
+    user = _user(6, 2, cfg)
+    with LMGenerator(model, 2, seed=0) as gen:
+        gen.step(user[0])  # first call outside the guard: lazily built caches (RoPE frequencies)
+
+        def sync(*_args, **_kwargs):
+            raise AssertionError("host sync in the generator step")
+
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+            monkeypatch.setattr(torch.Tensor, name, sync)
+        active = torch.tensor([True, False])
+        for t in range(1, 6):
+            gen.step(user[t], active if t == 3 else None)
+        monkeypatch.undo()
+        gen.reset(torch.tensor([True, False]))
