@@ -181,6 +181,14 @@ def _median(results: dict, key: tuple, field: str) -> float | None:
     return statistics.median(r[field] for r in rows) if rows else None
 
 
+def _paired_ratio(results: dict, other: str, key: tuple, field: str) -> str:
+    """Median over rounds of other / ours within the same round: robust to load drifting between rounds."""
+    ours, theirs = results.get(("ours", *key)), results.get((other, *key))
+    if not ours or not theirs:
+        return "-"
+    return f"{statistics.median(t[field] / o[field] for o, t in zip(ours, theirs, strict=True)):.2f}x"
+
+
 def _report(results: dict, impls: list[str], markdown: bool) -> None:
     rows = [
         ("streaming, 1 thread (ms / 80 ms frame)", ("stream", 1), "ms_per_frame"),
@@ -192,12 +200,12 @@ def _report(results: dict, impls: list[str], markdown: bool) -> None:
         ("peak RSS, batch 10 s (MB)", ("batch", 2), "peak_rss_mb"),
     ]
     others = [i for i in impls if i != "ours"]
-    header = ["measure", *impls, *(f"{o} / ours" for o in others)]
+    header = ["measure (medians over rounds)", *impls, *(f"{o} / ours (paired)" for o in others)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for title, (task, threads), field in rows:
         vals = {i: _median(results, (i, task, threads), field) for i in impls}
         cells = [f"{vals[i]:.1f}" if vals[i] is not None else "-" for i in impls]
-        ratios = [f"{vals[o] / vals['ours']:.2f}x" if vals.get("ours") and vals[o] else "-" for o in others]
+        ratios = [_paired_ratio(results, o, (task, threads), field) for o in others]
         lines.append("| " + " | ".join([title, *cells, *ratios]) + " |")
     print("\n".join(lines) if markdown else "\n".join(lines).replace("|", " "))
 
