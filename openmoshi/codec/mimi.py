@@ -29,6 +29,7 @@ def _mimi_transformer() -> TransformerConfig:
     return TransformerConfig(
         d_model=512, num_heads=8, num_layers=8, dim_feedforward=2048, causal=True, context=250,
         rope_max_period=10_000.0, norm="layer_norm", norm_eps=1e-5, layer_scale=0.01, gating="none",
+        stream_chunk=2,  # one 80 ms frame = 2 transformer steps: streamed frame by frame without cache copies
     )
 
 
@@ -70,6 +71,7 @@ class MimiConfig:
             seanet=SEANetConfig.tiny(),
             transformer=TransformerConfig(
                 d_model=32, num_heads=2, num_layers=2, dim_feedforward=64, context=10, layer_scale=0.01,
+                stream_chunk=2,
             ),
             quantizer=QuantizerConfig.tiny(),
         )

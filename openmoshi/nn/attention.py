@@ -27,7 +27,7 @@ class _AttentionState(StreamingState):
     positions: torch.Tensor  # [B, C] long: absolute position held by each slot, -1 = empty
     offset: torch.Tensor  # [B] long: absolute position of the row's next input
     step: int = 0  # host-side step counter, selects per-step weights (such modules are reset as a whole)
-    # Host-side bound on the ring slots ever written: min(context, inputs since allocation). Every row's offset
+    # Host-side bound on the ring slots ever written: min(capacity, inputs since allocation). Every row's offset
     # is at most that count, so slots at or past it are still empty: single-step attention reads only
     # the filled prefix (early in a stream, most of a 3000-slot window). Never lowered by a reset (a bound).
     filled: int = 0
@@ -53,16 +53,23 @@ class Attention(StreamingModule[_AttentionState]):
         rope_max_period: float | None = 10_000.0,
         causal: bool = True,
         num_steps: int = 0,
+        stream_chunk: int = 1,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
+        if stream_chunk < 1:
+            raise ValueError(f"stream_chunk must be >= 1, got {stream_chunk}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.context = context if context is not None else (num_steps or None)
         self.causal = causal
         self.num_steps = num_steps
+        # Streaming calls of up to `stream_chunk` steps write into the ring first and attend over it in place:
+        # the ring holds context + stream_chunk - 1 slots so that no key of any query's window is overwritten
+        # by its own chunk. Longer calls take an exact but copying path.
+        self.stream_chunk = stream_chunk
         self.in_proj = make_linear(dim, 3 * dim, num_steps, device=device, dtype=dtype)
         self.out_proj = make_linear(dim, dim, num_steps, device=device, dtype=dtype)
         self.rope_max_period = rope_max_period
@@ -73,13 +80,14 @@ class Attention(StreamingModule[_AttentionState]):
         if self.context is None:
             raise RuntimeError("streaming attention needs a finite context to size its KV cache")
         w = self.out_proj.weight
-        shape = (batch_size, self.num_heads, self.context, self.head_dim)
+        capacity = self.context + self.stream_chunk - 1
+        shape = (batch_size, self.num_heads, capacity, self.head_dim)
         return _AttentionState(
             batch_size,
             exec_mask,
             keys=torch.zeros(shape, device=w.device, dtype=w.dtype),
             values=torch.zeros(shape, device=w.device, dtype=w.dtype),
-            positions=torch.full((batch_size, self.context), -1, device=w.device, dtype=torch.long),
+            positions=torch.full((batch_size, capacity), -1, device=w.device, dtype=torch.long),
             offset=torch.zeros(batch_size, device=w.device, dtype=torch.long),
         )
 
@@ -111,8 +119,8 @@ class Attention(StreamingModule[_AttentionState]):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
         if state is None:
             out = self._attend_batch(q, k, v)
-        elif T == 1:
-            out = self._attend_one(q, k, v, positions, state)
+        elif T <= self.stream_chunk:
+            out = self._attend_in_ring(q, k, v, positions, state)
         else:
             out = self._attend_chunk(q, k, v, positions, state)
         if state is not None:
@@ -138,18 +146,24 @@ class Attention(StreamingModule[_AttentionState]):
         pos = torch.arange(T, device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self._window_mask(pos[None], pos[None]))
 
-    def _attend_one(self, q, k, v, positions, state: _AttentionState) -> torch.Tensor:
-        # Write first, then attend: after the write the ring holds exactly the window of this query.
-        # A skipped row overwrites the slot of position p - context, which its next query never reads.
+    def _attend_in_ring(self, q, k, v, positions, state: _AttentionState) -> torch.Tensor:
+        # Write first, then attend over the ring. With T <= stream_chunk the chunk only overwrites positions
+        # p - context or older for its first query p, which no query of this chunk or later reads; a skipped
+        # row's writes land on such slots too and keep their old positions, so they are never attended.
         # Advanced-index writes, not scatter_: on CPU a bf16 scatter_ copies the whole cache (~100 ms per call
-        # for a 3000-slot 7B layer), index_put_ writes just the slot.
-        rows = torch.arange(q.shape[0], device=q.device)
-        slot = state.offset % self.context  # [B]
-        state.keys.transpose(1, 2)[rows, slot] = k[:, :, 0]
-        state.values.transpose(1, 2)[rows, slot] = v[:, :, 0]
-        state.positions[rows, slot] = torch.where(state.exec_mask, positions[:, 0], state.positions[rows, slot])
-        n = state.filled = min(self.context, state.filled + 1)
-        mask = (state.positions[:, :n] >= 0)[:, None, None, :]
+        # for a 3000-slot 7B layer), index_put_ writes just the slots.
+        T, capacity = q.shape[2], state.keys.shape[2]
+        rows = torch.arange(q.shape[0], device=q.device)[:, None]
+        slots = positions % capacity  # [B, T]
+        state.keys.transpose(1, 2)[rows, slots] = k.transpose(1, 2)
+        state.values.transpose(1, 2)[rows, slots] = v.transpose(1, 2)
+        state.positions[rows, slots] = where_rows(state.exec_mask, positions, state.positions[rows, slots])
+        n = state.filled = min(capacity, state.filled + T)
+        k_pos = state.positions[:, :n]
+        if T == 1 and capacity == self.context:
+            mask = (k_pos >= 0)[:, None, None, :]  # the ring holds exactly this query's window
+        else:
+            mask = self._window_mask(positions, k_pos)
         return F.scaled_dot_product_attention(q, state.keys[:, :, :n], state.values[:, :, :n], attn_mask=mask)
 
     def _attend_chunk(self, q, k, v, positions, state: _AttentionState) -> torch.Tensor:
@@ -158,11 +172,12 @@ class Attention(StreamingModule[_AttentionState]):
         values = torch.cat([state.values, v], dim=2)
         k_pos = torch.cat([state.positions, positions], dim=1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=self._window_mask(positions, k_pos))
-        # Keep the chunk's last `context` entries in their ring slots; a skipped row rewrites what it held
+        # Keep the chunk's last `capacity` entries in their ring slots; a skipped row rewrites what it held
         # (a gather/where on the written slots only, not on the whole cache).
-        n = min(q.shape[2], self.context)
-        state.filled = min(self.context, state.filled + q.shape[2])
-        slots = positions[:, -n:] % self.context  # [B, n], distinct
+        capacity = state.keys.shape[2]
+        n = min(q.shape[2], capacity)
+        state.filled = min(capacity, state.filled + q.shape[2])
+        slots = positions[:, -n:] % capacity  # [B, n], distinct
         rows = torch.arange(q.shape[0], device=q.device)[:, None]
         run = state.exec_mask
         keys, values = state.keys.transpose(1, 2), state.values.transpose(1, 2)  # [B, C, H, Dh] views

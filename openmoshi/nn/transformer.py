@@ -32,6 +32,7 @@ class TransformerConfig:
     layer_scale: float | None = None  # init of LayerScale on both branches, None = no LayerScale
     gating: str = "none"  # "none": linear1 -> GELU -> linear2; "silu": SiLU-gated linear_in / linear_out
     num_steps: int = 0  # > 0: per-step weights (depth transformer)
+    stream_chunk: int = 1  # longest streaming call (steps) attended in place; longer ones copy the cache
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -72,7 +73,8 @@ class TransformerLayer(nn.Module):
         kw = {"device": device, "dtype": dtype}
         d = cfg.d_model
         self.norm1 = make_norm(cfg.norm, d, cfg.norm_eps, **kw)
-        self.attn = Attention(d, cfg.num_heads, cfg.context, cfg.rope_max_period, cfg.causal, cfg.num_steps, **kw)
+        self.attn = Attention(d, cfg.num_heads, cfg.context, cfg.rope_max_period, cfg.causal, cfg.num_steps,
+                              cfg.stream_chunk, **kw)
         self.norm2 = make_norm(cfg.norm, d, cfg.norm_eps, **kw)
         self.ff = FeedForward(d, cfg.dim_feedforward, cfg.gating, cfg.num_steps, **kw)
         if cfg.layer_scale is not None:

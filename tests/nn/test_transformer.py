@@ -39,6 +39,8 @@ def _random_sizes(total, rng, max_chunk=7):
     _cfg(norm="rms_norm", norm_eps=1e-8, gating="silu", layer_scale=None),
     _cfg(rope_max_period=None, context=5),
     _cfg(context=3, num_layers=1),
+    _cfg(stream_chunk=2),  # Mimi: one frame = 2 steps attended in place
+    _cfg(stream_chunk=5, context=4, num_layers=1),
 ])
 def test_streaming_equals_batch_past_the_window(cfg):
     torch.manual_seed(0)
@@ -64,8 +66,9 @@ def test_window_is_exactly_context():
     torch.testing.assert_close(a[:, 19], b[:, 19])  # 19 - 13 = 6: out of the window
 
 
-def test_reset_row_and_exec_mask():
-    model = Transformer(_cfg()).eval()
+@pytest.mark.parametrize("stream_chunk", [1, 2, 3])
+def test_reset_row_and_exec_mask(stream_chunk):
+    model = Transformer(_cfg(stream_chunk=stream_chunk)).eval()
     a, b = torch.randn(1, 9, 32), torch.randn(1, 9, 32)
     with torch.no_grad(), streaming(model, 2):
         model(torch.cat([a[:, :4], a[:, :4]]))
@@ -108,3 +111,25 @@ def test_config_errors_are_clear():
         _cfg(d_model=30)
     with pytest.raises(ValueError, match="gating"):
         _cfg(gating="relu")
+
+
+@pytest.mark.parametrize("stream_chunk,chunk", [(1, 1), (2, 2), (2, 3), (4, 2)])
+def test_skipped_rows_far_past_the_window(stream_chunk, chunk):
+    """A row paused on random calls, with garbage fed meanwhile, equals its own unpaused stream."""
+    model = Transformer(_cfg(stream_chunk=stream_chunk, context=5)).eval()
+    rng = random.Random(stream_chunk * 10 + chunk)
+    x = torch.randn(1, 60, 32)
+    got, start = [], 0
+    with torch.no_grad(), streaming(model, 2):
+        while start < 60:
+            run = rng.random() < 0.6
+            set_exec_mask(model, torch.tensor([True, run]))
+            mine = x[:, start:start + chunk] if run else torch.randn(1, chunk, 32)
+            inp = torch.cat([torch.randn(1, chunk, 32), mine])
+            out = model(inp)
+            if run:
+                got.append(out[1:])
+                start += chunk
+    with torch.no_grad():
+        ref = model(x)
+    torch.testing.assert_close(torch.cat(got, dim=1), ref, rtol=1e-5, atol=1e-5)
