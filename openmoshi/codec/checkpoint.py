@@ -11,7 +11,6 @@ decoder: 0 conv_in, 2+3s up conv (transposed) of stage s, 3+3s residual of stage
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..safetensors_io import CheckpointError, read_header, read_tensor
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: the message lists every offending tensor."""
+__all__ = ["CheckpointError", "kyutai_to_ours", "load_safetensors", "load_state", "load_mimi"]
 
 
 def _seanet(part: str, idx: int, rest: str, num_stages: int) -> str | None:
@@ -115,32 +114,6 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str = "che
             targets[ours].copy_(state[theirs])
 
 
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def _read_header(f, path: Path) -> tuple[dict[str, dict], int]:
-    """The safetensors header {name: {dtype, shape, data_offsets}} and where the data starts."""
-    raw = f.read(8)
-    if len(raw) != 8:
-        raise CheckpointError(f"{path} is not a safetensors file (too short)")
-    size = int.from_bytes(raw, "little")
-    if size > 100_000_000:
-        raise CheckpointError(f"{path} is not a safetensors file (header size {size})")
-    try:
-        header = json.loads(f.read(size))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not a safetensors file (bad header: {e})") from e
-    header.pop("__metadata__", None)
-    for name, info in header.items():
-        if not isinstance(info, dict) or info.get("dtype") not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name} has an unsupported entry {info!r}")
-    return header, 8 + size
-
-
 def load_safetensors(model: nn.Module, path: str | Path) -> None:
     """Load a safetensors file (Kyutai's or our naming) into `model`, strictly.
 
@@ -153,19 +126,12 @@ def load_safetensors(model: nn.Module, path: str | Path) -> None:
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         with open(path, "rb") as f:
-            header, data_start = _read_header(f, path)
+            header, data_start = read_header(f, path)
             plan = _plan(model, {name: tuple(info["shape"]) for name, info in header.items()}, str(path))
             targets = model.state_dict()
             with torch.no_grad():
                 for ours, theirs in plan.items():
-                    info = header[theirs]
-                    start, end = info["data_offsets"]
-                    buf = bytearray(end - start)
-                    f.seek(data_start + start)
-                    if f.readinto(buf) != len(buf):
-                        raise CheckpointError(f"{path} is truncated (tensor {theirs})")
-                    value = torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]) if buf else torch.empty(0)
-                    targets[ours].copy_(value.view(info["shape"]))
+                    targets[ours].copy_(read_tensor(f, theirs, header[theirs], data_start, path))
     except OSError as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
 

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..hub import hub_unreachable
+
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 HUB_SOURCES = [("kyutai/moshiko-pytorch-bf16", MIMI_FILE), ("kyutai/mimi", MIMI_FILE)]
 
@@ -42,23 +44,6 @@ def offline_message(problems: list[str]) -> str:
         f"hf_hub_download('{HUB_SOURCES[0][0]}', '{MIMI_FILE}')\"",
         "    (later runs find it there, also with HF_HUB_OFFLINE=1; HF_HOME moves the cache).",
     ])
-
-
-def hub_unreachable() -> str | None:
-    """Why the hub cannot be reached (None when it can): a quick check that spares the client's retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        return f"cannot reach {host} ({e})"
-    return None
 
 
 def fetch_weights() -> tuple[Path | None, list[str]]:

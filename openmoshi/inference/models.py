@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..hub import hub_unreachable as _hub_unreachable
 from ..lm.config import DEFAULT_REPO, KyutaiRepoConfig, parse_kyutai_config
 
 if TYPE_CHECKING:  # the heavy modules are imported when models are loaded, not when flags are parsed
@@ -108,24 +109,6 @@ def _resolve_folder(folder: Path, explicit: dict[str, str | None]) -> ModelFiles
 def _file_roles(cfg: KyutaiRepoConfig) -> list[tuple[str, str, str]]:
     return [("moshi", "language model", cfg.moshi_name), ("mimi", "Mimi codec", cfg.mimi_name),
             ("tokenizer", "text tokenizer", cfg.tokenizer_name)]
-
-
-def _hub_unreachable() -> str | None:
-    """Why the hub cannot be reached (None when it can). A quick check that spares the client's minute of retries
-    when there is no network: the cache is then used alone."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as err:
-        return f"cannot reach {host} ({err})"
-    return None
 
 
 def _hub_fetch(repo: str, filename: str, revision: str | None, offline: str | None) -> tuple[Path | None, str | None]:

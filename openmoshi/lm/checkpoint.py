@@ -21,13 +21,13 @@ tensors. Weights are read from the file tensor by tensor (no mmap) and copied in
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
+from ..safetensors_io import CheckpointError, lazy_tensors, read_header
 from .config import LMConfig
 from .model import LMModel
 
@@ -77,7 +77,7 @@ def map_kyutai_name(name: str) -> tuple[str, int | None, str] | None:
     return None
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(CheckpointError):
     """The checkpoint does not fit the model: the message names the offending tensors."""
 
 
@@ -163,47 +163,6 @@ def build_empty(cfg: LMConfig, device: torch.device | str = "cpu", dtype: torch.
     return model.to_empty(device=device)
 
 
-_SAFETENSORS_DTYPES = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def _read_header(f, path: Path) -> tuple[dict[str, dict], int]:
-    """The safetensors header {name: {dtype, shape, data_offsets}} and the offset where the data starts."""
-    raw = f.read(8)
-    size = int.from_bytes(raw, "little") if len(raw) == 8 else -1
-    try:
-        if not 0 < size < 1 << 30:
-            raise ValueError(f"header size {size}")
-        header = json.loads(f.read(size))
-        header.pop("__metadata__", None)
-        for name, info in header.items():
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise ValueError(f"tensor {name} has unsupported dtype {info['dtype']}")
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err})") from None
-    return header, 8 + size
-
-
-def _file_tensors(f, header: dict[str, dict], data_start: int):
-    """(name, getter) pairs reading each tensor straight from the file: no mmap, whose touched pages would stay
-    resident next to the model (a 15 GB checkpoint would then peak at twice its size)."""
-    for name, info in header.items():
-        def get(info=info, name=name) -> torch.Tensor:
-            begin, end = info["data_offsets"]
-            buf = bytearray(end - begin)
-            f.seek(data_start + begin)
-            if f.readinto(buf) != len(buf):
-                raise ValueError(f"truncated safetensors file: tensor {name}")
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            if not buf:
-                return torch.empty(info["shape"], dtype=dtype)
-            return torch.frombuffer(buf, dtype=dtype).view(info["shape"])
-        yield name, get
-
-
 def load_lm(
     path: str | Path,
     cfg: LMConfig | None = None,
@@ -222,10 +181,10 @@ def load_lm(
         raise ValueError(f"only safetensors checkpoints are supported, got {path.name}")
     cfg = cfg or LMConfig.moshiko_7b()
     with open(path, "rb") as f:
-        header, data_start = _read_header(f, path)
+        header, data_start = read_header(f, path)
         with torch.device("meta"):
             dry = LMModel(cfg, dtype=dtype)
         load_into(dry, ((k, (lambda i=i: torch.empty(i["shape"], device="meta"))) for k, i in header.items()))
         model = build_empty(cfg, device=device, dtype=dtype)
-        load_into(model, _file_tensors(f, header, data_start))
+        load_into(model, lazy_tensors(f, header, data_start, path))
     return model.eval()
