@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "lm"), str(ROOT / "tests" / "inference"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "tests" / "lm"), str(ROOT / "tests" / "inference"), str(ROOT / "tests" / "codec"), str(ROOT)]
 
 import torch  # noqa: E402
 
@@ -60,13 +60,13 @@ def lm_config(args):
 
 def make_states(args, folder: Path) -> None:
     """Random weights for Mimi and the LM, in Kyutai's naming, saved for every process to load."""
+    from codec_testutils import random_tensor
     from lm_testutils import make_reference
     from moshi.models.loaders import get_mimi
-    from runtime_testutils import random_mimi_tensor
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(0)
-    mimi_state = {k: random_mimi_tensor(k, tuple(v.shape), gen).contiguous()
+    mimi_state = {k: random_tensor(k, tuple(v.shape), gen).contiguous()
                   for k, v in get_mimi(None).state_dict().items()}
     save_file(mimi_state, str(folder / "mimi.safetensors"))
     save_file({k: v.contiguous() for k, v in make_reference(lm_config(args), seed=0).state_dict().items()},

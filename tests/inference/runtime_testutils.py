@@ -1,35 +1,19 @@
-"""Helpers for the runtime tests: a tiny SentencePiece model trained on the fly."""
+"""Helpers for the runtime tests: a tiny Moshi in the layout of Kyutai's model repos."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
-import sentencepiece
 import torch
 
-CORPUS = """Hello there, how are you doing today?
-I am fine, thank you very much for asking.
-The weather is lovely and the birds are singing.
-Moshi is a speech text foundation model for real time dialogue.
-We talk about music, science, cooking and travel.
-Numbers like 12345 are split into digits.
-""" * 20
+# Shared test helpers of the other packages: the FACTS.md Mimi init and the tiny SentencePiece trainer.
+_TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_TESTS / "codec"), str(_TESTS / "lm")]
 
-
-def train_tiny_spm(folder: Path, name: str = "tokenizer_spm_32k_3", vocab_size: int = 320) -> Path:
-    """Train a byte-fallback SentencePiece model with Moshi's special ids (unk 0 = EPAD, pad 3 = PAD)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    corpus = folder / "corpus.txt"
-    corpus.write_text(CORPUS + "café naïve\n")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / name), vocab_size=vocab_size, byte_fallback=True,
-        split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
-    )
-    corpus.unlink()
-    (folder / f"{name}.vocab").unlink()
-    return folder / f"{name}.model"
-
+from codec_testutils import random_tensor  # noqa: E402
+from spm_testutils import train_tiny_spm  # noqa: E402,F401  (re-exported for the runtime tests)
 
 # ---- a tiny Moshi in the layout of Kyutai's model repos --------------------------------------------------
 
@@ -61,28 +45,6 @@ def _kyutai_tiny_mimi_config() -> dict:
             "quantizer": quantizer, "transformer": transformer}
 
 
-def random_mimi_tensor(name: str, shape, gen):
-    """Varied codes need a real init (FACTS.md): codebooks from N(0, 0.3^2) sums and U(0.5, 1.5) usage."""
-    import math
-
-    import torch
-
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf == "embedding_sum":
-        return torch.randn(shape, generator=gen) * 0.3
-    if leaf == "cluster_usage":
-        return torch.rand(shape, generator=gen) + 0.5
-    if leaf == "_initialized":
-        return torch.ones(shape)
-    if leaf == "scale":
-        return torch.full(shape, 0.1)
-    if ".norm" in name:
-        return (1.0 if leaf == "weight" else 0.0) + torch.randn(shape, generator=gen) * 0.05
-    if leaf == "bias":
-        return torch.randn(shape, generator=gen) * 0.01
-    return torch.randn(shape, generator=gen) / math.sqrt(max(1, math.prod(shape[1:])))
-
-
 def tiny_mimi_state(seed: int = 0) -> dict:
     """Random weights for the tiny Mimi, named as in Kyutai's published files (reference model's own names)."""
     import torch
@@ -94,7 +56,7 @@ def tiny_mimi_state(seed: int = 0) -> dict:
     for name, value in ref.state_dict().items():
         name = name.replace("self_attn.in_projs.0.weight", "self_attn.in_proj_weight")
         name = name.replace("self_attn.out_projs.0.weight", "self_attn.out_proj.weight")
-        out[name] = random_mimi_tensor(name, tuple(value.shape), gen).to(value.dtype).contiguous()
+        out[name] = random_tensor(name, tuple(value.shape), gen).to(value.dtype).contiguous()
     return out
 
 

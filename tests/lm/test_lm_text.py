@@ -1,28 +1,14 @@
 """SentencePiece wrapper: special ids, display text, streaming decode; a tiny model is trained on the fly."""
 
 import pytest
-import sentencepiece
+from spm_testutils import train_tiny_spm
 
 from openmoshi.lm.text import TEXT_EPAD_ID, TEXT_PAD_ID, TextStreamDecoder, TextTokenizer, piece_to_text
-
-CORPUS = """Hello there, how are you doing today?
-I am fine, thank you very much for asking.
-The weather is lovely and the birds are singing.
-Moshi is a speech text foundation model for real time dialogue.
-We talk about music, science, cooking and travel.
-Numbers like 12345 are split into digits.
-""" * 20
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    d = tmp_path_factory.mktemp("spm")
-    (d / "corpus.txt").write_text(CORPUS + "café naïve\n")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(d / "corpus.txt"), model_prefix=str(d / "tiny"), vocab_size=320, byte_fallback=True,
-        split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
-    )
-    return TextTokenizer(d / "tiny.model", text_card=512)
+    return TextTokenizer(train_tiny_spm(tmp_path_factory.mktemp("spm"), "tiny"), text_card=512)
 
 
 def test_special_ids(tokenizer):
