@@ -13,7 +13,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .streaming import StreamingModule, StreamingState, where_rows
+from .streaming import S, StreamingModule, StreamingState, where_rows
+
+
+class _CausalConv(StreamingModule[S]):
+    """What both causal convs share: shape checks, `weight` / `bias` and their init (uniform in 1/sqrt(fan_in))."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
+                 bias: bool, transposed: bool, device, dtype) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, kernel_size, stride, groups) < 1:
+            raise ValueError("channels, kernel_size, stride and groups must be >= 1")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"channels ({in_channels}, {out_channels}) must be divisible by groups={groups}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
+        # Conv1d weights are [out, in/groups, K]; transposed ones [in, out/groups, K], as in torch.
+        rows, cols = (in_channels, out_channels) if transposed else (out_channels, in_channels)
+        self.weight = nn.Parameter(torch.empty(rows, cols // groups, kernel_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
+        bound = 1 / math.sqrt(self.weight.shape[1] * kernel_size)
+        with torch.no_grad():
+            for p in (self.weight, self.bias):
+                if p is not None and not p.is_meta:
+                    p.uniform_(-bound, bound)
 
 
 @dataclass
@@ -26,7 +49,7 @@ class _ConvState(StreamingState):
         self.first = self.first | mask
 
 
-class StreamingConv1d(StreamingModule[_ConvState]):
+class StreamingConv1d(_CausalConv[_ConvState]):
     """Causal Conv1d: [B, C_in, T] -> [B, C_out, ceil(T / stride)].
 
     Left padding is (kernel_size - 1) * dilation + 1 - stride samples: zeros, or copies of the first sample with
@@ -34,42 +57,17 @@ class StreamingConv1d(StreamingModule[_ConvState]):
     With an exec mask in streaming, chunks must be whole multiples of `stride` (the buffer length is shared).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-        groups: int = 1,
-        bias: bool = True,
-        pad_mode: str = "constant",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+                 dilation: int = 1, groups: int = 1, bias: bool = True, pad_mode: str = "constant",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         if pad_mode not in ("constant", "replicate"):
             raise ValueError(f"pad_mode must be 'constant' or 'replicate', got {pad_mode!r}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"channels ({in_channels}, {out_channels}) must be divisible by groups={groups}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
-        self.pad_mode = pad_mode
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, bias, False, device, dtype)
+        self.dilation, self.pad_mode = dilation, pad_mode
         self.effective_kernel = (kernel_size - 1) * dilation + 1
         if self.effective_kernel < stride:
             raise ValueError(f"effective kernel {self.effective_kernel} must be >= stride {stride}")
-        self.padding = self.effective_kernel - stride
-        kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, **kw))
-        self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        fan_in = self.weight.shape[1] * self.kernel_size
-        bound = 1 / math.sqrt(fan_in)
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+        self.padding = self.effective_kernel - stride  # causal: all of it on the left
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         width = self.in_channels * self.kernel_size
@@ -138,41 +136,19 @@ class _ConvTrState(StreamingState):
         self.partial = where_rows(mask, torch.zeros_like(self.partial), self.partial)
 
 
-class StreamingConvTranspose1d(StreamingModule[_ConvTrState]):
+class StreamingConvTranspose1d(_CausalConv[_ConvTrState]):
     """Causal ConvTranspose1d: [B, C_in, T] -> [B, C_out, T * stride].
 
     The raw transposed convolution is (T - 1) * stride + K long; the last K - stride samples depend on future
     input, so batch mode drops them and streaming keeps them to overlap-add into the next call.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        groups: int = 1,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+                 groups: int = 1, bias: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         if kernel_size < stride:
             raise ValueError(f"kernel_size {kernel_size} must be >= stride {stride}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"channels ({in_channels}, {out_channels}) must be divisible by groups={groups}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
-        kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(in_channels, out_channels // groups, kernel_size, **kw))
-        self.bias = nn.Parameter(torch.empty(out_channels, **kw)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = 1 / math.sqrt(self.weight.shape[1] * self.kernel_size)
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, bias, True, device, dtype)
 
     def init_state(self, batch_size: int, exec_mask: torch.Tensor) -> _ConvTrState:
         partial = torch.zeros(batch_size, self.out_channels, self.kernel_size - self.stride,

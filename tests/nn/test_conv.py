@@ -33,7 +33,7 @@ def _feed(module, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 ])
 def test_conv_chunked_equals_batch(kernel, stride, dilation, groups, pad_mode):
     rng = random.Random(kernel * 100 + stride)
-    conv = StreamingConv1d(4, 8, kernel, stride, dilation, groups, pad_mode=pad_mode)
+    conv = StreamingConv1d(4, 8, kernel, stride=stride, dilation=dilation, groups=groups, pad_mode=pad_mode)
     x = torch.randn(2, 4, stride * 37)
     ref = conv(x)
     assert ref.shape == (2, 8, 37)
@@ -45,7 +45,7 @@ def test_conv_chunked_equals_batch(kernel, stride, dilation, groups, pad_mode):
 @pytest.mark.parametrize("kernel,stride,groups", [(4, 2, 1), (16, 8, 1), (4, 2, 4), (3, 1, 1), (5, 5, 1)])
 def test_conv_transpose_chunked_equals_batch(kernel, stride, groups):
     rng = random.Random(kernel)
-    convtr = StreamingConvTranspose1d(4, 8, kernel, stride, groups)
+    convtr = StreamingConvTranspose1d(4, 8, kernel, stride=stride, groups=groups)
     x = torch.randn(3, 4, 29)
     ref = convtr(x)
     assert ref.shape == (3, 8, 29 * stride)
@@ -55,15 +55,15 @@ def test_conv_transpose_chunked_equals_batch(kernel, stride, groups):
 
 
 def test_conv_replicate_pads_with_first_sample():
-    conv = StreamingConv1d(1, 1, 4, 2, pad_mode="replicate", bias=False)
+    conv = StreamingConv1d(1, 1, 4, stride=2, pad_mode="replicate", bias=False)
     x = torch.randn(1, 1, 10)
     manual = torch.nn.functional.conv1d(torch.cat([x[:, :, :1].expand(1, 1, 2), x], -1), conv.weight, stride=2)
     torch.testing.assert_close(conv(x), manual)
 
 
 def test_reset_one_row_restarts_that_stream_only():
-    conv = StreamingConv1d(2, 3, 4, 2, pad_mode="replicate")
-    convtr = StreamingConvTranspose1d(3, 2, 4, 2)
+    conv = StreamingConv1d(2, 3, 4, stride=2, pad_mode="replicate")
+    convtr = StreamingConvTranspose1d(3, 2, 4, stride=2)
     model = torch.nn.Sequential(conv, convtr)
     a, b = torch.randn(1, 2, 16), torch.randn(1, 2, 16)
     with streaming(model, 2):
@@ -76,7 +76,7 @@ def test_reset_one_row_restarts_that_stream_only():
 
 
 def test_exec_mask_leaves_skipped_rows_untouched():
-    model = torch.nn.Sequential(StreamingConv1d(2, 3, 4, 2), StreamingConvTranspose1d(3, 2, 6, 2))
+    model = torch.nn.Sequential(StreamingConv1d(2, 3, 4, stride=2), StreamingConvTranspose1d(3, 2, 6, stride=2))
     x = torch.randn(2, 2, 24)
     with streaming(model, 2):
         first = model(x[:, :, :8])
