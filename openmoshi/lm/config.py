@@ -42,24 +42,28 @@ class LMConfig:
     (linear_out input size).
     """
 
+    # Temporal transformer (Helium).
     dim: int = 4096
     num_layers: int = 32
     num_heads: int = 32
-    hidden: int = 11264
-    context: int = 3000
-    max_period: float = 10000.0
-    norm_eps: float = 1e-8
+    hidden: int = 11264  # gated feed-forward width; linear_in is [2 * hidden, dim]
+    context: int = 3000  # attention window in 80 ms steps (4 min)
+    max_period: float = 10000.0  # RoPE
+    norm_eps: float = 1e-8  # fp32 RMSNorm
+    # Streams: text + n_q audio codebooks (Moshi's dep_q first, then the user's), with their delays in steps.
     n_q: int = 16
     dep_q: int = 8
-    card: int = 2048
-    text_card: int = 32000
+    card: int = 2048  # audio codebook size; id `card` is the initial token
+    text_card: int = 32000  # text vocabulary; id `text_card` is the initial token
     delays: tuple[int, ...] = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
+    # Depth transformer: one step per generated codebook, per-step weights.
     depformer_dim: int = 1024
     depformer_num_layers: int = 6
     depformer_num_heads: int = 16
     depformer_hidden: int = 2816
-    text_padding_id: int = 3
-    text_end_padding_id: int = 0
+    # Special text ids.
+    text_padding_id: int = 3  # PAD
+    text_end_padding_id: int = 0  # EPAD: a word starts at the next step
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
