@@ -4,6 +4,9 @@ Two Kyutai namings are accepted: the in-memory one of the reference package (`se
 `self_attn.out_projs.0.weight`) and the one of the published files (`self_attn.in_proj_weight`,
 `self_attn.out_proj.weight`). Our own naming is accepted as is, so a state saved from our model loads back.
 
+The checking and copying is the shared strict-loading engine (`openmoshi.checkpoint`): one CheckpointError
+listing missing, unexpected and mis-shaped tensors, and refusing NaN/inf weights and corrupt files.
+
 Kyutai's SEANet is one flat `model` Sequential; its indices map to our named stages:
 encoder: 0 conv_in, 1+3s residual of stage s, 3+3s down conv of stage s, 14 conv_out;
 decoder: 0 conv_in, 2+3s up conv (transposed) of stage s, 3+3s residual of stage s, 14 conv_out.
@@ -14,13 +17,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from ..safetensors_io import CheckpointError, read_header, read_tensor
+from ..checkpoint import CheckpointError, Mapper, Placement, load_checkpoint
+from .presets import DEFAULT_MIMI_PRESET, mimi_preset
 
-__all__ = ["CheckpointError", "kyutai_to_ours", "load_safetensors", "load_state", "load_mimi"]
+if TYPE_CHECKING:
+    from .mimi import Mimi, MimiConfig
+
+__all__ = ["CheckpointError", "kyutai_to_ours", "kyutai_placement", "load_safetensors", "load_state", "load_mimi"]
 
 
 def _seanet(part: str, idx: int, rest: str, num_stages: int) -> str | None:
@@ -70,48 +78,25 @@ def kyutai_to_ours(name: str, num_stages: int = 4) -> str | None:
     return None
 
 
-def _plan(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], source: str) -> dict[str, str]:
-    """Match a checkpoint's names and shapes to the model: {our name: checkpoint name}.
+def kyutai_placement(name: str, num_stages: int = 4) -> Placement | None:
+    """The engine's placement of one of Kyutai's Mimi tensor names (None: no counterpart)."""
+    ours = kyutai_to_ours(name, num_stages)
+    return None if ours is None else Placement(ours)
 
-    Raises CheckpointError listing missing, unexpected and mis-shaped tensors.
-    """
-    expected = model.state_dict()
-    plan: dict[str, str] = {}
-    unexpected: list[str] = []
-    for name in shapes:
-        target = name if name in expected else kyutai_to_ours(name)
-        if target is None or target not in expected:
-            unexpected.append(name)
-        elif target in plan:
-            unexpected.append(f"{name} (a second tensor for {target})")
-        else:
-            plan[target] = name
-    missing = sorted(set(expected) - set(plan))
-    wrong_shape = [
-        f"{ours}: file {tuple(shapes[theirs])} vs model {tuple(expected[ours].shape)}"
-        for ours, theirs in plan.items()
-        if tuple(shapes[theirs]) != tuple(expected[ours].shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        lines = [f"{source} does not fit the model:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if items:
-                lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
-    return plan
+
+def _mapper(model: nn.Module) -> Mapper:
+    stages = len(model.cfg.seanet.ratios) if hasattr(model, "cfg") else 4
+    return lambda name: kyutai_placement(name, stages)
 
 
 def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:
     """Strictly load a state in Kyutai's or our naming into `model` (values are cast to the model's dtype).
 
-    Raises CheckpointError listing missing, unexpected and mis-shaped tensors; nothing is loaded then.
+    Raises CheckpointError listing missing, unexpected, mis-shaped and non-finite tensors; on a mismatch of
+    names or shapes nothing is loaded. Copies are in place: parameters keep their memory layout, and the
+    codebook caches see the buffers' new versions.
     """
-    plan = _plan(model, {name: tuple(value.shape) for name, value in state.items()}, source)
-    targets = model.state_dict()
-    with torch.no_grad():
-        # In place: parameters keep their memory layout; the codebook caches see the buffers' new versions.
-        for ours, theirs in plan.items():
-            targets[ours].copy_(state[theirs])
+    load_checkpoint(model, state, _mapper(model), name=source)
 
 
 def load_safetensors(model: nn.Module, path: str | Path) -> None:
@@ -121,30 +106,18 @@ def load_safetensors(model: nn.Module, path: str | Path) -> None:
     straight from the file (no mmap, whose pages would count as resident) and copied into place, so the peak
     memory is the model plus its largest tensor.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    load_checkpoint(model, path, _mapper(model))
+
+
+def load_mimi(path: str | Path, preset: str | MimiConfig = DEFAULT_MIMI_PRESET, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> Mimi:
+    """Build a Mimi (a preset name of `MIMI_PRESETS`, or a MimiConfig) and load `path` into it, strictly. Eval mode."""
+    from .mimi import Mimi
+
+    cfg = mimi_preset(preset) if isinstance(preset, str) else preset
     try:
-        with open(path, "rb") as f:
-            header, data_start = read_header(f, path)
-            plan = _plan(model, {name: tuple(info["shape"]) for name, info in header.items()}, str(path))
-            targets = model.state_dict()
-            with torch.no_grad():
-                for ours, theirs in plan.items():
-                    targets[ours].copy_(read_tensor(f, theirs, header[theirs], data_start, path))
-    except OSError as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-
-
-def load_mimi(
-    path: str | Path, preset: str = "mimi", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-):
-    """Build a Mimi of the named preset ("mimi" or "tiny") and load `path` into it, strictly. In eval mode."""
-    from .mimi import Mimi, MimiConfig
-
-    presets = {"mimi": MimiConfig.mimi, "tiny": MimiConfig.tiny}
-    if preset not in presets:
-        raise ValueError(f"unknown Mimi preset {preset!r}: expected one of {sorted(presets)}")
-    model = Mimi(presets[preset]())
+        model = Mimi(cfg)
+    except (RuntimeError, ValueError, ZeroDivisionError) as err:  # sizes the layers refuse (config.json overrides)
+        raise ValueError(f"cannot build Mimi from its config: {err}") from None
     load_safetensors(model, path)
     return model.to(device=device, dtype=dtype).eval()

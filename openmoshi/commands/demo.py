@@ -4,8 +4,9 @@ A streaming Mimi round trip of the bundled example recording (or `--input`) with
 weights: the audio goes through encode -> codes -> decode one 80 ms frame at a time, as in a live call. It
 writes the reconstruction and prints the codes' shape, the bitrate and the time per frame.
 
-Weights: `--weights FILE`, else Kyutai's file from the Hugging Face hub (its cache first). Offline without a
-cached copy it says how to provide them and exits with status 1.
+Weights: `--weights FILE`, else Kyutai's file from the Hugging Face hub through the shared resolver
+(`openmoshi.model_files`: its cache alone when offline). Offline without a cached copy it says how to provide
+them and exits with status 1.
 """
 
 from __future__ import annotations
@@ -16,59 +17,43 @@ import sys
 import time
 from pathlib import Path
 
-from ..hub import hub_unreachable
+from ..codec.presets import DEFAULT_MIMI_PRESET, MIMI_PRESETS
+from ..lm.config import DEFAULT_MIMI_NAME as MIMI_FILE
+from ..lm.config import DEFAULT_REPO
 
-MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
-HUB_SOURCES = [("kyutai/moshiko-pytorch-bf16", MIMI_FILE), ("kyutai/mimi", MIMI_FILE)]
+DEMO_FLAGS = {"mimi": "--weights", "model": ""}  # demo has no --model: the messages name --weights only
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, metavar="FILE.safetensors",
-                        help=f"Mimi weights (default: {MIMI_FILE} from {HUB_SOURCES[0][0]} on the hub)")
+                        help=f"Mimi weights (default: {MIMI_FILE} from {DEFAULT_REPO} on the hub)")
     parser.add_argument("--input", "-i", default=None, metavar="AUDIO", help="default: the bundled example")
     parser.add_argument("--output", "-o", default="mimi_roundtrip.wav", metavar="WAV",
                         help="the reconstruction (default: %(default)s)")
     parser.add_argument("--num-codebooks", "-k", type=int, default=8, metavar="K", help="1..32 (default 8)")
-    parser.add_argument("--preset", default="mimi", choices=["mimi", "tiny"], help=argparse.SUPPRESS)
+    parser.add_argument("--preset", default=DEFAULT_MIMI_PRESET, choices=list(MIMI_PRESETS), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def offline_message(problems: list[str]) -> str:
-    return "\n".join([
-        "error: could not get Kyutai's Mimi weights from the Hugging Face hub:",
-        *(f"  - {p}" for p in problems),
-        "Provide them in one of these ways:",
-        f"  - download {MIMI_FILE} (hub repo {HUB_SOURCES[0][0]} or {HUB_SOURCES[1][0]}) on a connected",
-        "    machine and pass it: openmoshi demo --weights /path/to/" + MIMI_FILE,
-        "  - or fill the hub cache once online: python -c \"from huggingface_hub import hf_hub_download; "
-        f"hf_hub_download('{HUB_SOURCES[0][0]}', '{MIMI_FILE}')\"",
-        "    (later runs find it there, also with HF_HUB_OFFLINE=1; HF_HOME moves the cache).",
-    ])
+def find_weights(weights: str | None) -> Path:
+    """`--weights`, else Kyutai's Mimi file from the hub (the shared resolver: its cache alone when offline).
 
+    Raises ModelFilesError listing what is missing and how to provide it.
+    """
+    from ..model_files import resolve_model_files
 
-def fetch_weights() -> tuple[Path | None, list[str]]:
-    """Kyutai's Mimi file from the hub cache, else the hub. Returns (path or None, problems met)."""
-    from huggingface_hub import hf_hub_download
-
-    problems = []
-    for local_only in (True, False):
-        if not local_only and (why := hub_unreachable()):
-            problems.append(f"not in the local hub cache, and {why}")
-            break
-        for repo, filename in HUB_SOURCES:
-            try:
-                return Path(hf_hub_download(repo, filename, local_files_only=local_only)), problems
-            except Exception as e:  # noqa: BLE001 - network, cache, auth: every failure means "not available"
-                if not local_only:
-                    problems.append(f"{repo}/{filename}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-    return None, problems
+    files = resolve_model_files(None, mimi_weight=weights, roles=("mimi",), flags=DEMO_FLAGS)
+    assert files.mimi is not None
+    return files.mimi
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
 
     from ..audio import AudioError, example_recording, read_audio, write_wav
-    from ..codec.checkpoint import CheckpointError, load_mimi
+    from ..checkpoint import CheckpointError
+    from ..codec.checkpoint import load_mimi
+    from ..model_files import ModelFilesError
     from ..nn.streaming import streaming
 
     if args.threads:
@@ -76,20 +61,14 @@ def main(args: argparse.Namespace) -> int:
     source = Path(args.input) if args.input else example_recording()
     try:
         wav = read_audio(source)
-        if args.weights:
-            weights = Path(args.weights)
-        else:
+        if not args.weights:
             print(f"fetching Mimi weights ({MIMI_FILE}) from the Hugging Face hub...", file=sys.stderr)
-            found, problems = fetch_weights()
-            if found is None:
-                print(offline_message(problems), file=sys.stderr)
-                return 1
-            weights = found
+        weights = find_weights(args.weights)
         mimi = load_mimi(weights, args.preset)
         qcfg = mimi.cfg.quantizer
         if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
             raise ValueError(f"--num-codebooks must be in 1..{qcfg.num_codebooks}, got {args.num_codebooks}")
-    except (AudioError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (AudioError, CheckpointError, ModelFilesError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -10,15 +10,14 @@ one chunk, then the continuation is sampled token by token with the KV cache.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 from ..inference.sampling import SamplingConfig, sample
-from ..lm.config import DEFAULT_REPO, KyutaiRepoConfig, parse_kyutai_config
+from ..lm.config import DEFAULT_REPO
 from ..lm.model import LMModel
+from ..model_files import ModelFiles, ModelFilesError, resolve_model_files
 from ..nn.streaming import streaming
 
 
@@ -39,45 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default float32 on CPU, bfloat16 on GPU")
 
 
-def _fetch(model: str, name: str, required: bool) -> Path | None:
-    local = Path(model).expanduser()
-    if local.is_dir():
-        path = local / name
-        if path.is_file():
-            return path
-        if required:
-            raise FileNotFoundError(f"{name} not found in {local}")
-        return None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(model, name))
-    except EntryNotFoundError:
-        if required:
-            raise FileNotFoundError(f"{name} not found in the Hugging Face repo {model}") from None
-        return None
-    except Exception as err:  # offline, unknown repo, network: say what was needed
-        raise FileNotFoundError(
-            f"could not get {name} from {model!r} ({type(err).__name__}: {err}). Pass a local folder with --model "
-            f"or the files with --weights / --tokenizer."
-        ) from None
+HELIUM_FLAGS = {"moshi": "--weights", "tokenizer": "--tokenizer", "model": "--model"}
 
 
-def resolve_files(model: str, weights: str | None, tokenizer: str | None) -> tuple[KyutaiRepoConfig, Path, Path]:
-    """(repo config, LM weights, tokenizer) from a folder or repo id, explicit files taking precedence."""
-    config_path = _fetch(model, "config.json", required=False)
-    raw = None
-    if config_path is not None:
-        raw = json.loads(config_path.read_text())
-        raw.pop("mimi", None)  # openmoshi's own Mimi overrides: not an LM setting
-    repo = parse_kyutai_config(raw)
-    w = Path(weights) if weights else _fetch(model, repo.moshi_name, required=True)
-    t = Path(tokenizer) if tokenizer else _fetch(model, repo.tokenizer_name, required=True)
-    for path in (w, t):
-        if not path.is_file():
-            raise FileNotFoundError(f"file not found: {path}")
-    return repo, w, t
+def resolve_files(model: str, weights: str | None, tokenizer: str | None) -> ModelFiles:
+    """The LM weights and the tokenizer (and config.json) from a folder or repo id, explicit files first.
+
+    The shared resolver (`openmoshi.model_files`): quick reachability check, the hub cache alone when offline,
+    one ModelFilesError listing what is missing and how to provide it.
+    """
+    return resolve_model_files(model, moshi_weight=weights, tokenizer=tokenizer, roles=("moshi", "tokenizer"),
+                               flags=HELIUM_FLAGS)
 
 
 @torch.no_grad()
@@ -114,9 +85,10 @@ def generate_text(
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError
     from ..inference.models import resolve_device, resolve_dtype
     from ..lm.checkpoint import load_lm
-    from ..lm.text import TextStreamDecoder, TextTokenizer
+    from ..lm.text import TextStreamDecoder, TextTokenizer, TokenizerError
 
     if args.max_tokens < 1:
         print("--max-tokens must be >= 1", file=sys.stderr)
@@ -124,14 +96,15 @@ def main(args: argparse.Namespace) -> int:
     try:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   greedy=args.greedy)
-        repo, weights, tok_path = resolve_files(args.model, args.weights, args.tokenizer)
+        files = resolve_files(args.model, args.weights, args.tokenizer)
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
-    except (FileNotFoundError, ValueError) as err:
+        # The tokenizer first: a bad file is reported before the (large) weights are read.
+        tokenizer = TextTokenizer.for_model(files.tokenizer, files.repo_config.lm)
+        model = load_lm(files.moshi, files.repo_config.lm, device=device, dtype=dtype)
+    except (ModelFilesError, CheckpointError, TokenizerError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    tokenizer = TextTokenizer(tok_path, text_card=repo.lm.text_card)
-    model = load_lm(weights, repo.lm, device=device, dtype=dtype)
     gen = torch.Generator(device=device)
     if args.seed is None:
         gen.seed()

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..lm.config import UNGENERATED_TOKEN_ID as UNGENERATED  # the one home of the token ids
 from ..lm.model import LMModel
 from ..nn.streaming import reset_streaming, set_exec_mask, streaming
 from .sampling import SamplingConfig, sample
-
-UNGENERATED = -2
 
 
 @dataclass

@@ -14,20 +14,22 @@ Kyutai's names map onto ours as follows (i = layer, k = step / codebook):
   depformer.layers.{i}.self_attn.in_projs.{k}.weight -> depformer.transformer.layers.{i}.attn.in_proj.weight[k]
   depformer.layers.{i}.self_attn.in_proj_weight (S*3Dd, Dd), published: all steps stacked step-major
   depformer.layers.{i}.gating.{k}.linear_{in,out}.weight -> ...ff.linear_{in,out}.weight[k]
-Every target element must be written exactly once; anything unknown, missing or mis-shaped is an error naming the
-tensors. Weights are read from the file tensor by tensor (no mmap) and copied into a model materialised once
+The strict-loading engine (`openmoshi.checkpoint`, shared with Mimi) does the checking and copying: every target
+element must be written exactly once; anything unknown, missing, mis-shaped or non-finite is a CheckpointError
+naming the tensors. Weights are read from the file tensor by tensor (no mmap) and copied into a model materialised once
 (built on the meta device), so a 15 GB checkpoint needs about 15 GB, not twice that.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from ..safetensors_io import CheckpointError, lazy_tensors, read_header
+from ..checkpoint import CheckpointError, Placement, load_checkpoint, plan_checkpoint
+from ..safetensors_io import open_safetensors
 from .config import LMConfig
 from .model import LMModel
 
@@ -77,83 +79,25 @@ def map_kyutai_name(name: str) -> tuple[str, int | None, str] | None:
     return None
 
 
-class CheckpointMismatch(CheckpointError):
-    """The checkpoint does not fit the model: the message names the offending tensors."""
+# The one checkpoint error type of the project (kept under this name for existing callers).
+CheckpointMismatch = CheckpointError
 
 
-def _source_view(kind: str, src: torch.Tensor, target: torch.Tensor, index: int | None) -> torch.Tensor | None:
-    """`src` reshaped to the (slice of the) target it fills, or None when its shape does not fit."""
-    if index is not None:
-        if target.dim() == 0 or index >= target.shape[0]:
-            return None
-        want = target.shape[1:]
-    else:
-        want = target.shape
-    if kind == "alpha":
-        ok = src.dim() == 3 and tuple(src.shape[:2]) == (1, 1) and src.shape[2:] == want
-        return src.reshape(want) if ok else None
-    if kind == "stacked":
-        ok = src.dim() == 2 and len(want) == 3 and tuple(src.shape) == (want[0] * want[1], want[2])
-        return src.view(want) if ok else None
-    return src if tuple(src.shape) == tuple(want) else None
+def kyutai_placement(name: str) -> Placement | None:
+    """The engine's placement of one of Kyutai's LM tensor names (None: not a Kyutai LM name)."""
+    mapped = map_kyutai_name(name)
+    if mapped is None:
+        return None
+    target, index, kind = mapped
+    return Placement(target, index, "same" if kind == "index" else kind)
 
 
-def load_into(model: LMModel, tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]]) -> None:
-    """Copy named tensors (Kyutai's or our naming; getters called one at a time) into `model`'s parameters.
+def load_state_dict(model: LMModel, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strictly load an in-memory state dict (Kyutai's naming, published or in-memory, or ours).
 
-    Raises CheckpointMismatch naming unexpected, mis-shaped, duplicated and missing tensors.
+    Raises CheckpointError naming unexpected, mis-shaped, duplicated, missing and non-finite tensors.
     """
-    params = dict(model.named_parameters())
-    # Coverage per parameter: a bool per leading slice for stacked targets, one flag otherwise.
-    written: dict[str, torch.Tensor] = {}
-    unexpected, misshaped, duplicated = [], [], []
-    for name, get in tensors:
-        if name in params:
-            target_name, index, kind = name, None, "same"
-        else:
-            mapped = map_kyutai_name(name)
-            if mapped is None or mapped[0] not in params:
-                unexpected.append(name)
-                continue
-            target_name, index, kind = mapped
-        target = params[target_name]
-        cover = written.setdefault(target_name, torch.zeros(max(target.shape[0], 1) if target.dim() else 1,
-                                                            dtype=torch.bool))
-        src = get()
-        view = _source_view(kind, src, target, index)
-        if view is None:
-            want = tuple(target.shape[1:]) if index is not None else tuple(target.shape)
-            misshaped.append(f"{name} {tuple(src.shape)} (-> {target_name}{'' if index is None else f'[{index}]'}"
-                             f" {want})")
-            continue
-        sl = slice(None) if index is None else slice(index, index + 1)
-        if cover[sl].any():
-            duplicated.append(name)
-            continue
-        cover[sl] = True
-        with torch.no_grad():
-            (target if index is None else target[index]).copy_(view)
-        del src, view
-    missing = []
-    for pname in params:
-        cover = written.get(pname)
-        if cover is None:
-            missing.append(pname)
-        elif not cover.all():
-            missing.append(f"{pname}{[i for i, c in enumerate(cover.tolist()) if not c]}")
-    problems = []
-    for label, items in (("unexpected", unexpected), ("mis-shaped", misshaped), ("duplicated", duplicated),
-                         ("missing", missing)):
-        if items:
-            shown = ", ".join(items[:12]) + (f" ... ({len(items)} in all)" if len(items) > 12 else "")
-            problems.append(f"{label}: {shown}")
-    if problems:
-        raise CheckpointMismatch("checkpoint does not match the model: " + "; ".join(problems))
-
-
-def load_state_dict(model: LMModel, state_dict: dict[str, torch.Tensor]) -> None:
-    """Strictly load an in-memory state dict (Kyutai's naming, published or in-memory, or ours)."""
-    load_into(model, ((k, (lambda v=v: v)) for k, v in state_dict.items()))
+    load_checkpoint(model, state_dict, kyutai_placement, name=source)
 
 
 def build_empty(cfg: LMConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LMModel:
@@ -177,14 +121,13 @@ def load_lm(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LM checkpoint not found: {path}")
-    if path.suffix not in (".safetensors", ".sft"):
-        raise ValueError(f"only safetensors checkpoints are supported, got {path.name}")
     cfg = cfg or LMConfig.moshiko_7b()
-    with open(path, "rb") as f:
-        header, data_start = read_header(f, path)
+    with open_safetensors(path) as (_, header, _):
+        # Names and shapes against a meta model first: a mismatch is reported before any memory is allocated.
         with torch.device("meta"):
             dry = LMModel(cfg, dtype=dtype)
-        load_into(dry, ((k, (lambda i=i: torch.empty(i["shape"], device="meta"))) for k, i in header.items()))
-        model = build_empty(cfg, device=device, dtype=dtype)
-        load_into(model, lazy_tensors(f, header, data_start, path))
+        plan_checkpoint(dry.state_dict(), {k: tuple(i["shape"]) for k, i in header.items()}, kyutai_placement,
+                        str(path))
+    model = build_empty(cfg, device=device, dtype=dtype)
+    load_checkpoint(model, path, kyutai_placement)
     return model.eval()

@@ -14,6 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# Token-grid markers (the other special ids, PAD, EPAD and the initial tokens, are LMConfig fields/properties).
+ZERO_TOKEN_ID = -1  # contributes nothing to the embedding sum (text-only batches, user streams of Helium)
+UNGENERATED_TOKEN_ID = -2  # a slot not generated yet: never fed to the model
+
 # Kyutai's default file names inside a model repository.
 DEFAULT_MOSHI_NAME = "model.safetensors"
 DEFAULT_MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -61,9 +65,9 @@ class LMConfig:
     depformer_num_layers: int = 6
     depformer_num_heads: int = 16
     depformer_hidden: int = 2816
-    # Special text ids.
-    text_padding_id: int = 3  # PAD
-    text_end_padding_id: int = 0  # EPAD: a word starts at the next step
+    # Special text ids: the one home of PAD and EPAD (the tokenizer, the transcripts and the loss read them here).
+    text_padding_id: int = 3  # PAD: nothing said at this frame (config.json: existing_text_padding_id)
+    text_end_padding_id: int = 0  # EPAD: a word starts at the next step (existing_text_end_padding_id)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ZERO_TOKEN_ID = -1
+from .config import ZERO_TOKEN_ID  # the one home of the token ids
 
 
 class Embedding(nn.Module):

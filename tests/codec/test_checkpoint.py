@@ -73,7 +73,7 @@ def test_strict_loading_lists_problems(tmp_path: Path) -> None:
     msg = str(err.value)
     assert "1 missing: encoder.conv_in.weight" in msg
     assert "something.else" in msg and "unexpected" in msg
-    assert "decoder.conv_out.bias: file (3,) vs model (1,)" in msg
+    assert "1 mis-shaped: decoder.conv_out.bias (3,) (-> decoder.conv_out.bias (1,))" in msg
     for name, value in model.state_dict().items():  # nothing was loaded
         assert torch.equal(value, before[name]), name
 
@@ -111,3 +111,74 @@ def test_both_kyutai_namings_load_the_same_real_size_weights() -> None:
     key = "decoder_transformer.transformer.layers.3.self_attn.in_projs.0.weight"
     assert torch.equal(a.state_dict()[name], state[key])
     assert torch.equal(b.state_dict()[name], state[key])
+
+
+def _header_edit(path: Path, out: Path, edit) -> None:
+    """Rewrite a safetensors file's header with `edit(header)` (the data is kept as is)."""
+    import json
+
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    edit(header)
+    raw = json.dumps(header).encode()
+    out.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + size:])
+
+
+def test_corrupt_headers_are_checkpoint_errors(tmp_path: Path) -> None:
+    """Offsets disagreeing with shapes/dtypes, overlapping tensors, a bad dtype: one clear error, no traceback."""
+    save_file({k: v.contiguous() for k, v in _tiny().state_dict().items()}, tmp_path / "full.safetensors")
+    name = "decoder.conv_out.weight"
+
+    def shape(h):  # same bytes, a shape that needs more
+        h[name]["shape"] = [h[name]["shape"][0] * 2, *h[name]["shape"][1:]]
+
+    def dtype(h):  # F32 declared F64: the offsets span half the bytes needed
+        h[name]["dtype"] = "F64"
+
+    def overlap(h):
+        other = "decoder.conv_out.bias"
+        begin = h[name]["data_offsets"][0]
+        size = h[other]["data_offsets"][1] - h[other]["data_offsets"][0]
+        h[other]["data_offsets"] = [begin, begin + size]
+
+    def unknown(h):
+        h[name]["dtype"] = "F8_E9"
+
+    def past_end(h):
+        begin, end = h[name]["data_offsets"]
+        h[name]["data_offsets"] = [begin + 10**9, end + 10**9]
+
+    cases = [(shape, "needs"), (dtype, "needs"), (overlap, "overlap"), (unknown, "unsupported dtype"),
+             (past_end, "past the end of the file")]
+    for edit, expected in cases:
+        out = tmp_path / f"{edit.__name__}.safetensors"
+        _header_edit(tmp_path / "full.safetensors", out, edit)
+        with pytest.raises(CheckpointError, match=expected) as err:
+            load_safetensors(Mimi(MimiConfig.tiny()), out)
+        assert "decoder.conv_out" in str(err.value), edit.__name__
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    """Today's defect: NaN weights decoded to a constant full-scale signal. Now the load refuses them."""
+    for bad in (float("nan"), float("inf")):
+        state = {k: v.contiguous().clone() for k, v in _tiny().state_dict().items()}
+        state["decoder_transformer.layers.1.ff.linear1.weight"][3, 2] = bad
+        save_file(state, tmp_path / "nan.safetensors")
+        with pytest.raises(CheckpointError, match="decoder_transformer.layers.1.ff.linear1.weight holds 1 NaN"):
+            load_safetensors(Mimi(MimiConfig.tiny()), tmp_path / "nan.safetensors")
+        with pytest.raises(CheckpointError, match="NaN or infinite"):
+            load_state(Mimi(MimiConfig.tiny()), state)
+
+
+def test_load_mimi_presets_come_from_the_registry(tmp_path: Path) -> None:
+    from openmoshi.codec.checkpoint import load_mimi
+    from openmoshi.codec.presets import MIMI_PRESETS, mimi_preset
+
+    assert set(MIMI_PRESETS) == {"mimi", "tiny"}
+    for name in MIMI_PRESETS:
+        assert mimi_preset(name) == getattr(MimiConfig, name)()
+    save_file({k: v.contiguous() for k, v in _tiny().state_dict().items()}, tmp_path / "w.safetensors")
+    assert load_mimi(tmp_path / "w.safetensors", "tiny").cfg == MimiConfig.tiny()
+    with pytest.raises(ValueError, match="unknown Mimi preset 'huge' \\(known: mimi, tiny\\)"):
+        load_mimi(tmp_path / "w.safetensors", "huge")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from runtime_testutils import build_tiny_repo, single_thread  # noqa: F401
 
+from openmoshi import hub
 from openmoshi.inference import models as models_mod
 from openmoshi.inference.models import (
     ModelFilesError,
@@ -132,7 +133,7 @@ def test_hub_repo_uses_hf_hub_download(repo, monkeypatch):
         return str(repo / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(models_mod, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     files = resolve_model_files("someone/tiny", revision="main")
     assert [c[1] for c in calls] == ["config.json", DEFAULT_MOSHI_NAME, DEFAULT_MIMI_NAME, DEFAULT_TOKENIZER_NAME]
     assert all(c[0] == "someone/tiny" and c[2] == "main" and not c[3] for c in calls)
@@ -149,7 +150,7 @@ def test_hub_file_missing_from_repo(monkeypatch, repo):
         return str(repo / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(models_mod, "_hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     with pytest.raises(ModelFilesError) as err:
         resolve_model_files("someone/tiny")
     msg = str(err.value)
@@ -168,7 +169,7 @@ def test_unreachable_hub_uses_the_cache_alone(monkeypatch, repo):
         return str(repo / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(models_mod, "_hub_unreachable", lambda: "cannot reach huggingface.co (test)")
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "cannot reach huggingface.co (test)")
     files = resolve_model_files("someone/tiny")
     assert seen == [True] * 4 and files.mimi == repo / DEFAULT_MIMI_NAME
 

@@ -68,3 +68,33 @@ def test_loading_peaks_near_the_model_size(tmp_path):
     growth = int(out.stdout.strip().splitlines()[-1])
     assert size > 150 * 2**20
     assert growth < 1.3 * size + 60 * 2**20, (growth / 2**20, size / 2**20)
+
+
+def test_errors_are_the_shared_checkpoint_error(tmp_path):
+    """One error type for both loaders: mismatches, corrupt files and NaN weights, each naming the tensor."""
+    from openmoshi.checkpoint import CheckpointError
+    from openmoshi.codec.checkpoint import CheckpointError as CodecError
+    from openmoshi.lm.checkpoint import CheckpointMismatch
+
+    assert CodecError is CheckpointError is CheckpointMismatch and issubclass(CheckpointError, ValueError)
+    cfg = LMConfig.tiny()
+    state = {k: v.contiguous().clone() for k, v in published_state_dict(make_reference(cfg, seed=1)).items()}
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"3 mis-shaped: .*text_emb.weight \(101, 64\)") as err:
+        load_lm(path, cfg.replace(text_card=90))
+    assert "does not fit the model" in str(err.value)
+    bad = dict(state)
+    bad["depformer.layers.0.self_attn.in_proj_weight"] = bad["depformer.layers.0.self_attn.in_proj_weight"].clone()
+    bad["depformer.layers.0.self_attn.in_proj_weight"][5, 1] = float("nan")
+    save_file(bad, str(path))
+    with pytest.raises(CheckpointError, match="depformer.layers.0.self_attn.in_proj_weight holds 1 NaN"):
+        load_lm(path, cfg)
+    # data offsets disagreeing with the shape (a header edited or written by a buggy tool)
+    save_file(state, str(path))
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = data[8:8 + size].replace(b'"F32"', b'"F16"', 1)
+    path.write_bytes(data[:8] + header + data[8 + size:])
+    with pytest.raises(CheckpointError, match="needs"):
+        load_lm(path, cfg)

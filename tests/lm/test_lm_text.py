@@ -47,3 +47,27 @@ def _write(tmp_path, tokenizer):
     p = tmp_path / "copy.model"
     p.write_bytes(tokenizer.sp.serialized_model_proto())
     return p
+
+
+def test_special_ids_come_from_the_model_config(tmp_path_factory):
+    from openmoshi.lm.config import LMConfig
+
+    path = train_tiny_spm(tmp_path_factory.mktemp("spm_cfg"), "tiny")
+    cfg = LMConfig.tiny(text_card=400, text_padding_id=5, text_end_padding_id=7)
+    tok = TextTokenizer.for_model(path, cfg)
+    assert (tok.pad_id, tok.epad_id, tok.initial_id) == (5, 7, cfg.text_initial_id) == (5, 7, 400)
+    assert tok.is_special(5) and tok.is_special(7) and not tok.is_special(3)
+
+
+def test_bad_tokenizer_files_are_clear_errors(tmp_path):
+    from openmoshi.lm.text import TokenizerError
+
+    for content in (b"", b"not a sentencepiece model"):
+        (tmp_path / "bad.model").write_bytes(content)
+        with pytest.raises(TokenizerError, match="is not a SentencePiece model"):
+            TextTokenizer(tmp_path / "bad.model")
+    with pytest.raises(FileNotFoundError):
+        TextTokenizer(tmp_path / "missing.model")
+    path = train_tiny_spm(tmp_path / "spm", "tiny")
+    with pytest.raises(TokenizerError, match="more than the model's text_card 100"):
+        TextTokenizer(path, text_card=100)

@@ -1,0 +1,232 @@
+"""Finding a model's files: a local folder or a Hugging Face repo in the layout of Kyutai's repos (one resolver).
+
+Every command finds its files here (`chat` all three, `helium` the LM and the tokenizer, `demo` Mimi alone). A
+model is up to three files plus an optional `config.json` (Kyutai's layout, parsed by `parse_kyutai_config`):
+- `model.safetensors`: the language model (role "moshi");
+- `tokenizer-e351c8d8-checkpoint125.safetensors`: Mimi (role "mimi");
+- `tokenizer_spm_32k_3.model`: the SentencePiece text tokenizer (role "tokenizer").
+`config.json` may rename them (`moshi_name`, `mimi_name`, `tokenizer_name`); without it the LM is moshiko 7B.
+Each file can also be given directly, as in Kyutai's tools (the command's own flags, named in the messages).
+
+Repos are fetched with `huggingface_hub.hf_hub_download` (its cache, tokens, `HF_HUB_OFFLINE`). A quick TCP check
+(`hub.hub_unreachable`) comes first: without a network only the local cache is looked at, sparing the client's
+minute of retries. A file that cannot be found, offline or not, raises `ModelFilesError` listing every missing
+file, why, and how to provide it.
+
+Our extension to config.json: an optional `"mimi"` object of `MimiConfig` overrides (a smaller codec, for tests,
+see `codec/presets.py`); Kyutai's repos never have it and get the released Mimi.
+
+This module imports neither torch nor the models: resolving files (and the commands' `--help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import hub
+from .lm.config import DEFAULT_REPO, KyutaiRepoConfig, parse_kyutai_config
+
+CONFIG_NAME = "config.json"
+ROLES = ("moshi", "mimi", "tokenizer")
+ROLE_NAMES = {"moshi": "language model", "mimi": "Mimi codec", "tokenizer": "text tokenizer"}
+# The flags of `openmoshi chat` (add_model_arguments); commands with other flags pass theirs to the resolver.
+DEFAULT_FLAGS = {"moshi": "--moshi-weight", "mimi": "--mimi-weight", "tokenizer": "--tokenizer",
+                 "config": "--config", "model": "--model"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelFilesError(FileNotFoundError):
+    """A model's files cannot be found; the message lists what is missing and how to provide it."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's files are, once found (local paths; None for a role not asked for), and its config.json."""
+
+    source: str  # the folder or repo id the files came from
+    moshi: Path | None
+    mimi: Path | None
+    tokenizer: Path | None
+    repo_config: KyutaiRepoConfig
+    mimi_overrides: dict[str, Any] = field(default_factory=dict)
+    config_path: Path | None = None
+
+
+def is_repo_id(name: str) -> bool:
+    """'owner/name' that is not an existing local path."""
+    return bool(_REPO_ID.match(name)) and not Path(name).expanduser().exists()
+
+
+def read_model_config(path: Path) -> tuple[KyutaiRepoConfig, dict[str, Any]]:
+    """(repo config, Mimi overrides) of a config.json; ValueError naming the file and the problem."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read model config {path}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"model config {path} must hold a JSON object")
+    mimi = raw.pop("mimi", None)
+    if mimi is None:
+        mimi = {}
+    if not isinstance(mimi, dict):
+        raise ValueError(f"model config {path}: 'mimi' must be an object of MimiConfig fields")
+    try:
+        return parse_kyutai_config(raw), mimi
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _flags_hint(roles: Iterable[str], flags: Mapping[str, str]) -> str:
+    given = [f"{flags[r]} FILE" for r in roles if flags.get(r)]
+    return f", or pass each file with {' / '.join(given)}" if given else ""
+
+
+def _message(source: str, missing: list[tuple[str, str]], hint: str) -> str:
+    return "\n".join([f"model files missing for {source}:", *(f"  - {what}: {why}" for what, why in missing), hint])
+
+
+def _resolve_folder(folder: Path, explicit: dict[str, str | None], roles: tuple[str, ...],
+                    flags: Mapping[str, str]) -> ModelFiles:
+    if not folder.is_dir():
+        raise ModelFilesError(f"model folder not found: {folder}")
+    config_path = Path(explicit["config"]) if explicit["config"] else folder / CONFIG_NAME
+    repo_cfg, mimi = read_model_config(config_path) if config_path.is_file() else (parse_kyutai_config(None), {})
+    paths: dict[str, Path | None] = dict.fromkeys(ROLES)
+    missing: list[tuple[str, str]] = []
+    for role in roles:
+        given = explicit[role]
+        path = Path(given).expanduser() if given else folder / _file_name(repo_cfg, role)
+        paths[role] = path
+        if not path.is_file():
+            missing.append((ROLE_NAMES[role], f"{path}" + (" (given on the command line)" if given else "")))
+    if missing:
+        mf = flags.get("model")
+        hint = (f"Put these files in {folder} (names as in Kyutai's repos, or as config.json's moshi_name / "
+                f"mimi_name / tokenizer_name say){_flags_hint(roles, flags)}"
+                + (f", or pass {mf} {DEFAULT_REPO} to fetch them from the hub." if mf else "."))
+        raise ModelFilesError(_message(str(folder), missing, hint))
+    return ModelFiles(str(folder), paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi,
+                      config_path if config_path.is_file() else None)
+
+
+def _file_name(cfg: KyutaiRepoConfig, role: str) -> str:
+    return {"moshi": cfg.moshi_name, "mimi": cfg.mimi_name, "tokenizer": cfg.tokenizer_name}[role]
+
+
+def _hub_fetch(repo: str, filename: str, revision: str | None, offline: str | None) -> tuple[Path | None, str | None]:
+    """(local path, None) or (None, why it is unavailable) for one file of a hub repo; `offline`: why the hub
+    cannot be reached (then only the local cache is looked at)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=offline is not None)), None
+    except LocalEntryNotFoundError:
+        return None, f"not in the local cache, and {offline or 'the hub is unreachable'}"
+    except EntryNotFoundError:
+        return None, "not in the repo"
+    except RepositoryNotFoundError:
+        raise ModelFilesError(
+            f"Hugging Face repo not found (or private/gated without a token): {repo}. Check the name, run "
+            f"`hf auth login` for a private repo, or pass a local folder."
+        ) from None
+    except (OSError, ValueError) as err:  # network errors past the hub's own offline handling, bad revisions
+        return None, f"download failed ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+
+
+def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | None, roles: tuple[str, ...],
+                  flags: Mapping[str, str]) -> ModelFiles:
+    config_problem: str | None = None
+    offline = hub.hub_unreachable()
+    if explicit["config"]:
+        config_path: Path | None = Path(explicit["config"])
+    else:
+        config_path, config_problem = _hub_fetch(repo, CONFIG_NAME, revision, offline)
+    repo_cfg, mimi = read_model_config(config_path) if config_path else (parse_kyutai_config(None), {})
+    paths: dict[str, Path | None] = dict.fromkeys(ROLES)
+    missing: list[tuple[str, str]] = []
+    for role in roles:
+        if explicit[role]:
+            path = Path(explicit[role]).expanduser()  # type: ignore[arg-type]
+            if not path.is_file():
+                missing.append((ROLE_NAMES[role], f"{path} (given on the command line) does not exist"))
+            paths[role] = path
+            continue
+        name = _file_name(repo_cfg, role)
+        found, problem = _hub_fetch(repo, name, revision, offline)
+        if found is None:
+            missing.append((ROLE_NAMES[role], f"{name} from https://huggingface.co/{repo}: {problem}"))
+        paths[role] = found
+    if missing:
+        if config_problem and config_problem != "not in the repo":
+            missing.append(("config.json (optional)", f"{CONFIG_NAME}: {config_problem}"))
+        names = " ".join(_file_name(repo_cfg, r) for r in roles if not explicit[r])
+        mf = flags.get("model")
+        hint = (f"Connect to the internet (and unset HF_HUB_OFFLINE) to download them, or fetch them elsewhere with "
+                f"`hf download {repo} {names} --local-dir FOLDER` (`huggingface-cli download` with older "
+                f"huggingface_hub), copy FOLDER here" + (f" and pass {mf} FOLDER" if mf else "")
+                + f"{_flags_hint(roles, flags)}.")
+        raise ModelFilesError(_message(repo, missing, hint))
+    return ModelFiles(repo, paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi, config_path)
+
+
+def resolve_model_files(
+    model: str | None = None,
+    *,
+    moshi_weight: str | None = None,
+    mimi_weight: str | None = None,
+    tokenizer: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
+    roles: Iterable[str] = ROLES,
+    flags: Mapping[str, str] | None = None,
+) -> ModelFiles:
+    """Find a model's files: `model` is a local folder or a hub repo id (None: Kyutai's moshiko).
+
+    `roles`: the files wanted ("moshi", "mimi", "tokenizer"); the others are not looked for (None in the result).
+    Explicit file paths replace the folder's or repo's files one by one (they are not downloaded); when every
+    wanted file is given explicitly, nothing is fetched. `flags`: the command's flag names for the messages.
+    Raises ModelFilesError (files) or ValueError (a config.json that cannot be used).
+    """
+    roles = tuple(roles)
+    if not roles or any(r not in ROLES for r in roles):
+        raise ValueError(f"roles must be a non-empty subset of {ROLES}, got {roles}")
+    flags = {**DEFAULT_FLAGS, **(flags or {})}
+    explicit = {"moshi": moshi_weight, "mimi": mimi_weight, "tokenizer": tokenizer, "config": config}
+    if config and not Path(config).expanduser().is_file():
+        raise ModelFilesError(f"model config not found: {config}")
+    if config:
+        explicit["config"] = str(Path(config).expanduser())
+    name = model or DEFAULT_REPO
+    if model is None and all(explicit[r] for r in roles):
+        return _all_explicit(explicit, roles)
+    local = Path(name).expanduser()
+    if local.exists():
+        return _resolve_folder(local, explicit, roles, flags)
+    if is_repo_id(name):
+        return _resolve_repo(name, explicit, revision, roles, flags)
+    raise ModelFilesError(
+        f"{flags.get('model') or 'the model'} {name!r} is neither an existing folder nor a Hugging Face repo id "
+        "(owner/name)")
+
+
+def _all_explicit(explicit: dict[str, str | None], roles: tuple[str, ...]) -> ModelFiles:
+    """Every wanted file given on the command line (and no --model): no folder or hub involved."""
+    config_path = Path(explicit["config"]) if explicit["config"] else None
+    repo_cfg, mimi = read_model_config(config_path) if config_path else (parse_kyutai_config(None), {})
+    paths: dict[str, Path | None] = dict.fromkeys(ROLES)
+    missing = []
+    for role in roles:
+        path = Path(explicit[role]).expanduser()  # type: ignore[arg-type]
+        paths[role] = path
+        if not path.is_file():
+            missing.append((ROLE_NAMES[role], f"{path} (given on the command line) does not exist"))
+    if missing:
+        raise ModelFilesError(_message("the command line", missing, "Check the paths."))
+    return ModelFiles("the command line", paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi,
+                      config_path)
