@@ -6,7 +6,8 @@ Measured:
 - streaming: encode + decode of one 80 ms frame per call (batch 1, 8 codebooks), with 1 and 2 threads;
 - batch: encode of 10 s of audio, and decode of its codes (2 threads);
 - peak memory: ru_maxrss of the worker process (weights loaded from the same safetensors file).
-Weights: the random real-size init of tests/codec (FACTS.md), in Kyutai's published naming.
+Weights: the random real-size init of FACTS.md (openmoshi.testing.mimi_init, shared with the tests), in
+Kyutai's published naming.
 
     .venv/bin/python bench/codec.py [--rounds 3] [--frames 40] [--markdown]
 """
@@ -30,9 +31,10 @@ IMPLS = ("ours", "reference", "rustymimi")
 
 
 def _make_weights(path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "codec"))
-    from codec_testutils import random_state, to_published_naming
+    sys.path.insert(0, str(ROOT))  # the repository's openmoshi (helpers shared with the tests)
     from safetensors.torch import save_file
+
+    from openmoshi.testing.mimi_init import random_state, to_published_naming
 
     save_file(to_published_naming(random_state(0)), str(path))
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "lm"))  # the reference-model helpers of the LM tests
+sys.path.insert(0, str(ROOT))  # the repository's openmoshi (helpers shared with the tests: openmoshi.testing)
 
 import torch  # noqa: E402
 
@@ -83,11 +82,18 @@ def fill_context(gen: LMGenerator, lm_gen) -> None:
 
 def run_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int, full: bool,
              dtype: torch.dtype = torch.float32) -> dict:
-    from lm_testutils import make_pair
     from moshi.models.lm import LMGen
+    from moshi.models.lm import LMModel as RefLMModel
+
+    from openmoshi.lm.checkpoint import load_state_dict
+    from openmoshi.lm.model import LMModel
+    from openmoshi.testing.kyutai import make_reference
 
     torch.set_num_threads(threads)
-    ref, ours = make_pair(cfg, seed=0, dtype=dtype)
+    ref = make_reference(cfg, RefLMModel, seed=0, dtype=dtype)
+    ours = LMModel(cfg, dtype=dtype)
+    load_state_dict(ours, ref.state_dict())
+    ours.eval()
     user = torch.randint(0, cfg.card, (steps + warmup, batch, cfg.num_user_codebooks))
     lm_gen = LMGen(ref, use_sampling=True, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25)
     t_ours, t_ref = [], []
@@ -128,9 +134,10 @@ def full_7b(steps: int, threads: int, reference: bool) -> None:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     if reference:
-        from lm_testutils import kyutai_kwargs
         from moshi.models.lm import LMGen
         from moshi.models.lm import LMModel as RefLMModel
+
+        from openmoshi.testing.kyutai import kyutai_kwargs
 
         with torch.device("meta"):
             model = RefLMModel(**kyutai_kwargs(LMConfig.moshiko_7b()), dtype=torch.bfloat16)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "lm"), str(ROOT / "tests" / "inference"), str(ROOT / "tests" / "codec"), str(ROOT)]
+sys.path.insert(0, str(ROOT))  # the repository's openmoshi (helpers shared with the tests: openmoshi.testing)
 
 import torch  # noqa: E402
 
@@ -60,16 +60,18 @@ def lm_config(args):
 
 def make_states(args, folder: Path) -> None:
     """Random weights for Mimi and the LM, in Kyutai's naming, saved for every process to load."""
-    from codec_testutils import random_tensor
-    from lm_testutils import make_reference
+    from moshi.models.lm import LMModel as RefLMModel
     from moshi.models.loaders import get_mimi
     from safetensors.torch import save_file
+
+    from openmoshi.testing.kyutai import make_reference
+    from openmoshi.testing.mimi_init import random_tensor
 
     gen = torch.Generator().manual_seed(0)
     mimi_state = {k: random_tensor(k, tuple(v.shape), gen).contiguous()
                   for k, v in get_mimi(None).state_dict().items()}
     save_file(mimi_state, str(folder / "mimi.safetensors"))
-    save_file({k: v.contiguous() for k, v in make_reference(lm_config(args), seed=0).state_dict().items()},
+    save_file({k: v.contiguous() for k, v in make_reference(lm_config(args), RefLMModel, seed=0).state_dict().items()},
               str(folder / "lm.safetensors"))
 
 
@@ -84,10 +86,11 @@ def load_ours(args, folder: Path):
 
 
 def load_reference(args, folder: Path):
-    from lm_testutils import kyutai_kwargs
     from moshi.models.lm import LMModel as RefLM
     from moshi.models.loaders import get_mimi
     from safetensors.torch import load_file
+
+    from openmoshi.testing.kyutai import kyutai_kwargs
 
     mimi = get_mimi(str(folder / "mimi.safetensors"), num_codebooks=8, device=DEVICE)
     lm = RefLM(**kyutai_kwargs(lm_config(args)))

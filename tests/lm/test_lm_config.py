@@ -74,3 +74,29 @@ def test_tiny_presets():
     assert cfg.delays == (0, 0, 2, 2, 2, 2, 2, 2, 2, 0, 2, 2, 2, 2, 2, 2, 2)
     assert cfg.num_user_codebooks == 0
     assert LMConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("dim", None, "dim=None"), ("dim", "4096", "dim='4096'"), ("num_layers", 2.5, "num_layers must be an integer"),
+    ("hidden_scale", "big", "hidden_scale='big'"), ("delays", [0, "1"], "delays must be a list of integers"),
+    ("n_q", True, "n_q must be an integer"), ("depformer_dim_feedforward", [0], "depformer_dim_feedforward"),
+    ("moshi_name", 7, "moshi_name=7"), ("tokenizer_name", "", "tokenizer_name=''"),
+    ("lm_gen_config", [1, 2], "lm_gen_config=[1, 2]"), ("lm_gen_config", {"temp": "hot"}, "lm_gen_config.temp"),
+    ("lm_gen_config", {"top_k": -1}, "lm_gen_config.top_k=-1"), ("max_period", None, "max_period"),
+])
+def test_kyutai_json_wrong_types_are_named(key, value, named):
+    """Wrong types in a config.json are a ValueError naming the key, never a TypeError from deep inside."""
+    with pytest.raises(ValueError, match="unsupported Kyutai config.json") as err:
+        parse_kyutai_config(dict(KYUTAI_MOSHIKO, **{key: value}))
+    assert named in str(err.value)
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        parse_kyutai_config([1, 2])  # type: ignore[arg-type]
+
+
+def test_lm_presets_registry():
+    from openmoshi.lm.config import LM_PRESETS, lm_preset
+
+    assert set(LM_PRESETS) == {"moshiko_7b", "tiny"}
+    assert lm_preset("moshiko_7b") == LMConfig.moshiko_7b() and lm_preset("tiny") == LMConfig.tiny()
+    with pytest.raises(ValueError, match="unknown LM preset 'huge' \\(known: moshiko_7b, tiny\\)"):
+        lm_preset("huge")
