@@ -25,11 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .safetensors_io import CheckpointError, lazy_tensors, open_safetensors
+
 __all__ = ["CheckpointError", "Placement", "Mapper", "plan_checkpoint", "load_checkpoint", "check_finite"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the offending tensors."""
 
 
 @dataclass(frozen=True)
@@ -156,8 +154,6 @@ def load_checkpoint(model: nn.Module, source: str | Path | Mapping[str, Tensor],
         plan = plan_checkpoint(targets, {k: tuple(v.shape) for k, v in source.items()}, mapper, label)
         _copy_all(targets, plan, ((k, (lambda v=source[k]: v)) for k in plan), label)
         return
-    from .safetensors_io import lazy_tensors, open_safetensors
-
     path = Path(source)
     label = name or str(path)
     with open_safetensors(path) as (f, header, data_start):

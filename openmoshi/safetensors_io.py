@@ -17,7 +17,13 @@ from typing import BinaryIO
 
 import torch
 
-from .checkpoint import CheckpointError
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the offending tensors.
+
+    The one error type of checkpoint loading: defined here (the lowest layer) and exported by
+    `openmoshi.checkpoint`, the strict-loading engine, where callers import it from.
+    """
 
 __all__ = ["CheckpointError", "DTYPES", "read_header", "open_safetensors", "read_tensor", "lazy_tensors"]
 

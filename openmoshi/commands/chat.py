@@ -112,7 +112,8 @@ def main(args: argparse.Namespace) -> int:
     if user is None:
         from . import chat_live
 
-        rec = chat_live.run_live(models, text_cfg, audio_cfg, seed, args.duration)
+        rec = chat_live.run_live(models, text_cfg, audio_cfg, seed, args.duration,
+                                 Recorder(models.mimi.frame_size, models.mimi.sample_rate))
     else:
         rec = run_file(models, user, text_cfg, audio_cfg, seed, progress=not args.no_progress)
     rec.write(args, models)

@@ -34,14 +34,15 @@ def unavailable() -> str | None:
     return None
 
 
-def run_live(models, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: int, duration: float | None):
-    """Talk until Ctrl-C (or `duration` seconds); returns the conversation's `Recorder`."""
+def run_live(models, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: int, duration: float | None,
+             rec):
+    """Talk until Ctrl-C (or `duration` seconds), recording into `rec` (chat's `Recorder`, given by the caller so
+    that this module does not import chat.py: no import cycle); returns `rec`."""
     import sounddevice as sd
     import torch
 
     from ..inference.session import DuplexSession
     from ..lm.text import TextStreamDecoder
-    from .chat import Recorder
 
     mimi, lm = models.mimi, models.lm
     fs, rate = mimi.frame_size, mimi.sample_rate
@@ -55,7 +56,6 @@ def run_live(models, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: 
         except queue.Empty:
             outdata.fill(0)
 
-    rec = Recorder(fs, rate)
     decoder = TextStreamDecoder(models.tokenizer)
     max_frames = None if duration is None else int(duration * rate / fs)
     warned = False
