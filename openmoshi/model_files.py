@@ -21,6 +21,7 @@ This module imports neither torch nor the models: resolving files (and the comma
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -230,3 +231,29 @@ def _all_explicit(explicit: dict[str, str | None], roles: tuple[str, ...]) -> Mo
         raise ModelFilesError(_message("the command line", missing, "Check the paths."))
     return ModelFiles("the command line", paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi,
                       config_path)
+
+
+# --dtype choices (the torch dtypes are in inference/models.py; names only here, so `--help` needs no torch).
+DTYPE_NAMES = ("bf16", "bfloat16", "float16", "float32", "fp16", "fp32")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model-selection flags shared by the runtime commands (`files_from_args` reads them)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", "--hf-repo", dest="model", default=None, metavar="FOLDER_OR_REPO",
+                   help=f"a local folder or a Hugging Face repo id in Kyutai's layout (default {DEFAULT_REPO})")
+    g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
+    g.add_argument("--moshi-weight", default=None, metavar="FILE", help="language model safetensors, overrides")
+    g.add_argument("--mimi-weight", default=None, metavar="FILE", help="Mimi safetensors, overrides")
+    g.add_argument("--tokenizer", default=None, metavar="FILE", help="SentencePiece model, overrides")
+    g.add_argument("--config", "--lm-config", dest="config", default=None, metavar="FILE",
+                   help="config.json in Kyutai's layout, overrides the model's")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                   help="weights dtype (default float32 on CPU, bfloat16 on GPU)")
+
+
+def files_from_args(args: argparse.Namespace) -> ModelFiles:
+    """The files named by `add_model_arguments`' flags (the library API is `resolve_model_files`)."""
+    return resolve_model_files(args.model, moshi_weight=args.moshi_weight, mimi_weight=args.mimi_weight,
+                               tokenizer=args.tokenizer, config=args.config, revision=args.revision)

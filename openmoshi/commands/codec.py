@@ -24,6 +24,8 @@ PROGRESS_FRAMES = 375  # show a progress bar from 30 s on
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..codec.presets import DEFAULT_MIMI_PRESET, MIMI_PRESETS  # the one preset registry (no torch import)
+
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     enc = sub.add_parser("encode", help="audio file -> codes (.npz)", description="audio file -> codes (.npz)")
     enc.add_argument("input", metavar="IN.wav", help="audio file (wav, flac, ogg...; any rate and channels)")
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for p in (enc, dec):
         p.add_argument("--weights", required=True, metavar="FILE.safetensors",
                        help="Mimi weights (Kyutai's tokenizer-e351c8d8-checkpoint125.safetensors or ours)")
-        p.add_argument("--preset", default="mimi", choices=["mimi", "tiny"],
+        p.add_argument("--preset", default=DEFAULT_MIMI_PRESET, choices=list(MIMI_PRESETS),
                        help="model size the weights are for (tiny: tests only)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")

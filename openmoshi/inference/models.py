@@ -12,8 +12,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..lm.config import DEFAULT_REPO
-from ..model_files import ModelFiles, ModelFilesError, is_repo_id, resolve_model_files
+from ..model_files import (
+    DTYPE_NAMES,
+    ModelFiles,
+    ModelFilesError,
+    add_model_arguments,
+    files_from_args,
+    is_repo_id,
+    resolve_model_files,
+)
 
 if TYPE_CHECKING:  # the heavy modules are imported when models are loaded, not when flags are parsed
     from ..codec.mimi import Mimi
@@ -25,6 +32,7 @@ __all__ = ["ModelFiles", "ModelFilesError", "LoadedModels", "is_repo_id", "resol
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+assert set(_DTYPES) == set(DTYPE_NAMES)  # the flag's choices (model_files, torch-free) are these names
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -47,27 +55,6 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
     return _DTYPES[name]
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model-selection flags shared by the runtime commands."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", "--hf-repo", dest="model", default=None, metavar="FOLDER_OR_REPO",
-                   help=f"a local folder or a Hugging Face repo id in Kyutai's layout (default {DEFAULT_REPO})")
-    g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
-    g.add_argument("--moshi-weight", default=None, metavar="FILE", help="language model safetensors, overrides")
-    g.add_argument("--mimi-weight", default=None, metavar="FILE", help="Mimi safetensors, overrides")
-    g.add_argument("--tokenizer", default=None, metavar="FILE", help="SentencePiece model, overrides")
-    g.add_argument("--config", "--lm-config", dest="config", default=None, metavar="FILE",
-                   help="config.json in Kyutai's layout, overrides the model's")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    g.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
-                   help="weights dtype (default float32 on CPU, bfloat16 on GPU)")
-
-
-def files_from_args(args: argparse.Namespace) -> ModelFiles:
-    return resolve_model_files(args.model, moshi_weight=args.moshi_weight, mimi_weight=args.mimi_weight,
-                               tokenizer=args.tokenizer, config=args.config, revision=args.revision)
 
 
 @dataclass
