@@ -7,8 +7,8 @@ places each foreign tensor name (Kyutai's) into the model: `Placement(target, in
 Two passes, so that nothing is read (nor copied) before the whole checkpoint is known to fit:
 1. plan, from names and shapes only (a file's header): every target element must be written exactly once;
    unexpected, mis-shaped, duplicated and missing tensors are listed together in one `CheckpointError`;
-2. load, one tensor at a time (files are read without mmap, see `safetensors_io`): each tensor is refused if it
-   holds NaN or inf (naming it), then copied into place (cast to the target's dtype, keeping its memory layout).
+2. load, one tensor at a time (files are read without mmap, see `safetensors_io`): each tensor is copied into
+   place (cast to the target's dtype, keeping its memory layout), then refused if it holds NaN or inf (naming it).
 A file whose header is not safetensors, whose data offsets disagree with the shapes and dtypes, or which is
 truncated is a `CheckpointError` too. After an error in pass 2 the model is partly loaded: discard it.
 
@@ -119,12 +119,17 @@ def plan_checkpoint(targets: Mapping[str, Tensor], shapes: Mapping[str, tuple[in
 
 
 def check_finite(tensor: Tensor, name: str, source: str) -> None:
-    """CheckpointError naming `name` if a floating tensor holds NaN or inf (checked in chunks: little memory)."""
+    """CheckpointError naming `name` if a floating tensor holds NaN or inf.
+
+    A sum first (NaN and inf propagate through it; 2-3 GiB/s per CPU thread, and instant on a GPU), in chunks;
+    only a non-finite sum (a bad value, or a rare overflow of the sum itself) runs the exact, slower check
+    (`torch.isfinite` runs at ~0.1 GiB/s on bf16 CPU tensors: 2.5 minutes for the 7B).
+    """
     if not tensor.is_floating_point() or tensor.is_meta or tensor.numel() == 0:
         return
     flat = tensor.reshape(-1)
-    for chunk in flat.split(1 << 22):
-        if not bool(torch.isfinite(chunk).all()):
+    for chunk in flat.split(1 << 24):
+        if not bool(torch.isfinite(chunk.sum())) and not bool(torch.isfinite(chunk).all()):
             bad = int((~torch.isfinite(flat)).sum())
             raise CheckpointError(f"{source}: tensor {name} holds {bad} NaN or infinite value(s) of {flat.numel()}; "
                                   "the checkpoint is corrupt (or was saved from a diverged training run)")
@@ -136,10 +141,12 @@ def _copy_all(targets: Mapping[str, Tensor], plan: Mapping[str, Placement],
         for name, get in tensors:
             p = plan[name]
             src = get()
-            check_finite(src, name, source)
             target = targets[p.target]
-            (target if p.index is None else target[p.index]).copy_(_source_view(src, target, p))
+            dest = target if p.index is None else target[p.index]
+            dest.copy_(_source_view(src, target, p))
             del src
+            # Checked where it landed: on the model's device (fast on a GPU), after any cast to its dtype.
+            check_finite(dest, name, source)
 
 
 def load_checkpoint(model: nn.Module, source: str | Path | Mapping[str, Tensor], mapper: Mapper | None = None,
