@@ -82,9 +82,13 @@ def read_model_config(path: Path) -> tuple[KyutaiRepoConfig, dict[str, Any]]:
         raise ValueError(f"{path}: {err}") from None
 
 
+def _flag_list(roles: Iterable[str], flags: Mapping[str, str]) -> str:
+    return " / ".join(f"{flags[r]} FILE" for r in roles if flags.get(r))
+
+
 def _flags_hint(roles: Iterable[str], flags: Mapping[str, str]) -> str:
-    given = [f"{flags[r]} FILE" for r in roles if flags.get(r)]
-    return f", or pass each file with {' / '.join(given)}" if given else ""
+    given = _flag_list(roles, flags)
+    return f", or pass each file with {given}" if given else ""
 
 
 def _message(source: str, missing: list[tuple[str, str]], hint: str) -> str:
@@ -170,8 +174,8 @@ def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | No
         mf = flags.get("model")
         hint = (f"Connect to the internet (and unset HF_HUB_OFFLINE) to download them, or fetch them elsewhere with "
                 f"`hf download {repo} {names} --local-dir FOLDER` (`huggingface-cli download` with older "
-                f"huggingface_hub), copy FOLDER here" + (f" and pass {mf} FOLDER" if mf else "")
-                + f"{_flags_hint(roles, flags)}.")
+                f"huggingface_hub), copy FOLDER here and pass "
+                + (f"{mf} FOLDER{_flags_hint(roles, flags)}." if mf else f"each file with {_flag_list(roles, flags)}."))
         raise ModelFilesError(_message(repo, missing, hint))
     return ModelFiles(repo, paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi, config_path)
 
