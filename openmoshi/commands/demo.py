@@ -5,7 +5,9 @@ weights: the audio goes through encode -> codes -> decode one 80 ms frame at a t
 writes the reconstruction and prints the codes' shape, the bitrate and the time per frame.
 
 Weights: `--weights FILE`, else Kyutai's file from the Hugging Face hub (its cache first). Offline without a
-cached copy it says how to provide them and exits with status 1.
+cached copy it says how to provide them and exits with status 1. The output path, the input and
+--num-codebooks are checked before anything is fetched or loaded; the output never replaces the input and is
+written atomically. A progress bar follows the frames.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..hub import hub_unreachable
+from .common import add_threads_argument, apply_threads, error
 
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 HUB_SOURCES = [("kyutai/moshiko-pytorch-bf16", MIMI_FILE), ("kyutai/mimi", MIMI_FILE)]
@@ -30,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the reconstruction (default: %(default)s)")
     parser.add_argument("--num-codebooks", "-k", type=int, default=8, metavar="K", help="1..32 (default 8)")
     parser.add_argument("--preset", default="mimi", choices=["mimi", "tiny"], help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_argument(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def offline_message(problems: list[str]) -> str:
@@ -65,17 +69,19 @@ def fetch_weights() -> tuple[Path | None, list[str]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from ..audio import AudioError, example_recording, read_audio, write_wav
     from ..codec.checkpoint import CheckpointError, load_mimi
-    from ..nn.streaming import streaming
+    from ..codec.mimi import MimiConfig
+    from ..io_safety import OutputError, check_outputs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     source = Path(args.input) if args.input else example_recording()
     try:
-        wav = read_audio(source)
+        cfg = {"mimi": MimiConfig.mimi, "tiny": MimiConfig.tiny}[args.preset]()
+        qcfg = cfg.quantizer
+        check_outputs([("--output", args.output, (".wav",))], [("--input", source), ("--weights", args.weights)])
+        if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
+            raise ValueError(f"--num-codebooks must be in 1..{qcfg.num_codebooks}, got {args.num_codebooks}")
+        wav = read_audio(source, cfg.sample_rate)
         if args.weights:
             weights = Path(args.weights)
         else:
@@ -85,29 +91,18 @@ def main(args: argparse.Namespace) -> int:
                 print(offline_message(problems), file=sys.stderr)
                 return 1
             weights = found
+        apply_threads(args.threads)
         mimi = load_mimi(weights, args.preset)
-        qcfg = mimi.cfg.quantizer
-        if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
-            raise ValueError(f"--num-codebooks must be in 1..{qcfg.num_codebooks}, got {args.num_codebooks}")
-    except (AudioError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (AudioError, CheckpointError, OutputError, OSError, ValueError) as e:
+        return error(str(e))
+    all_codes, out, times = round_trip(mimi, wav, args.num_codebooks, progress=not args.no_progress)
+    try:
+        write_wav(args.output, out, mimi.sample_rate)
+    except OSError as e:
+        return error(f"cannot write {args.output}: {e}")
 
+    frames = all_codes.shape[-1]
     frame = mimi.frame_size
-    frames = -(-len(wav) // frame)
-    x = torch.nn.functional.pad(torch.from_numpy(wav), (0, frames * frame - len(wav)))[None, None]
-    codes, audio, times = [], [], []
-    with torch.inference_mode(), streaming(mimi, 1):
-        for i in range(frames):
-            start = time.perf_counter()
-            c = mimi.encode(x[..., i * frame:(i + 1) * frame], args.num_codebooks)
-            audio.append(mimi.decode(c))
-            times.append(time.perf_counter() - start)
-            codes.append(c)
-    all_codes = torch.cat(codes, -1)[0]
-    out = torch.cat(audio, -1)[0, 0, :len(wav)].float().numpy()
-    write_wav(args.output, out, mimi.sample_rate)
-
     bits = args.num_codebooks * math.log2(qcfg.codebook_size) * mimi.frame_rate
     ms = sorted(times)[len(times) // 2] * 1000
     print(f"input      {source} ({len(wav) / mimi.sample_rate:.2f} s at {mimi.sample_rate} Hz)")
@@ -117,3 +112,28 @@ def main(args: argparse.Namespace) -> int:
     print(f"streaming  {ms:.1f} ms per {1000 * frame / mimi.sample_rate:.0f} ms frame (median, encode + decode)")
     print(f"output     {args.output}")
     return 0
+
+
+def round_trip(mimi, wav, num_codebooks: int, progress: bool = True):
+    """Streaming encode + decode of mono `wav` [T], one frame per call: (codes [K, F], audio [T], seconds per
+    frame)."""
+    import torch
+    from tqdm import tqdm
+
+    from ..nn.streaming import streaming
+
+    frame = mimi.frame_size
+    frames = -(-len(wav) // frame)
+    x = torch.nn.functional.pad(torch.from_numpy(wav), (0, frames * frame - len(wav)))[None, None]
+    codes, audio, times = [], [], []
+    bar = tqdm(total=frames, unit="frame", desc="demo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with torch.inference_mode(), streaming(mimi, 1):
+        for i in range(frames):
+            start = time.perf_counter()
+            c = mimi.encode(x[..., i * frame:(i + 1) * frame], num_codebooks)
+            audio.append(mimi.decode(c))
+            times.append(time.perf_counter() - start)
+            codes.append(c)
+            bar.update(1)
+    bar.close()
+    return torch.cat(codes, -1)[0], torch.cat(audio, -1)[0, 0, :len(wav)].float().numpy(), times

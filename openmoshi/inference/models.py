@@ -23,20 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..hub import hub_unreachable as _hub_unreachable
 from ..lm.config import DEFAULT_REPO, KyutaiRepoConfig, parse_kyutai_config
 
-if TYPE_CHECKING:  # the heavy modules are imported when models are loaded, not when flags are parsed
+if TYPE_CHECKING:  # the heavy modules (torch too) are imported when models are loaded, not when flags are parsed
+    import torch
+
     from ..codec.mimi import Mimi, MimiConfig
     from ..lm.model import LMModel
     from ..lm.text import TextTokenizer
 
 CONFIG_NAME = "config.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}  # flag -> torch dtype name
 
 
 class ModelFilesError(FileNotFoundError):
@@ -193,6 +193,8 @@ def resolve_model_files(
 
 def resolve_device(name: str | None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1', 'mps'; None: cuda when available, else cpu."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -206,11 +208,13 @@ def resolve_device(name: str | None) -> torch.device:
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """float32 by default on CPU (bf16 matmuls are slow there), bfloat16 on accelerators."""
+    import torch
+
     if name is None:
         return torch.float32 if device.type == "cpu" else torch.bfloat16
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    return getattr(torch, _DTYPES[name])
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -270,6 +274,8 @@ def mimi_config(overrides: dict[str, Any]) -> MimiConfig:
 def load_models(files: ModelFiles, device: str | torch.device | None = None, dtype: str | None = None
                 ) -> LoadedModels:
     """Build and load the three parts. Mimi stays float32 (small, and its output is what users hear)."""
+    import torch
+
     from ..codec.checkpoint import load_safetensors
     from ..codec.mimi import Mimi
     from ..lm.checkpoint import load_lm

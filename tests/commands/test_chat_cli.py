@@ -141,12 +141,25 @@ def test_sampling_flags_then_config_then_defaults():
 
 @pytest.mark.parametrize("argv, message", [
     (["--input", "x.wav"], "--input needs --output"),
-    (["--input", "x.wav", "--output", "y.wav", "--temp", "-1"], "--temp must be >= 0"),
-    (["--input", "x.wav", "--output", "y.wav", "--top-k-text", "-3"], "--top-k-text must be >= 0"),
+    (["--input", "x.wav", "--output", "y.wav", "--device", "meta"], "--device"),
 ])
 def test_contradictory_flags(argv, message, capsys):
     assert cli.main(["chat", *argv]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temp", "-1"], "--temp"), (["--temp", "nan"], "finite"), (["--temp-text", "inf"], "finite"),
+    (["--top-k-text", "-3"], "--top-k-text"), (["--seed", str(2**64)], "--seed"), (["--seed", "-1"], "--seed"),
+    (["--threads", "-1"], "--threads"), (["--threads", "0"], "--threads"), (["--duration", "0"], "--duration"),
+])
+def test_bad_values_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["chat", "--input", "x.wav", "--output", "y.wav", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument") and message in err and "Traceback" not in err
 
 
 def test_missing_model_and_bad_input_are_plain_errors(tmp_path, capsys):
