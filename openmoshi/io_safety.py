@@ -47,14 +47,14 @@ def _same(a: tuple[str, tuple[int, int] | None], b: tuple[str, tuple[int, int] |
 
 
 def _check_one(label: str, raw: PathLike, suffixes: tuple[str, ...]) -> Path:
+    """Everything but the suffix (checked last, after collisions)."""
     text = os.fspath(raw)
     if not text.strip():
         raise OutputError(f"{label}: empty path")
     path = Path(text).expanduser()
     if text.endswith(("/", os.sep)) or path.is_dir():
-        raise OutputError(f"{label} {text} is a folder; give a file name ending in {suffixes[0]}")
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise OutputError(f"{label} {text}: the file name must end in {' or '.join(suffixes)}")
+        ending = f" ending in {suffixes[0]}" if suffixes else ""
+        raise OutputError(f"{label} {text} is a folder; give a file name{ending}")
     if path.exists():
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise OutputError(f"{label} {text} exists and is not a regular file: refusing to replace it")
@@ -75,7 +75,8 @@ def _check_one(label: str, raw: PathLike, suffixes: tuple[str, ...]) -> Path:
 
 def check_outputs(outputs: Iterable[OutputSpec], inputs: Iterable[tuple[str, PathLike | None]] = ()) -> list[Path]:
     """Check every output before any work (see the module docstring); returns the outputs' paths in order
-    (None entries skipped). Raises `OutputError`."""
+    (None entries skipped). Raises `OutputError`; collisions are reported before a wrong suffix."""
+    outputs = list(outputs)
     checked: list[tuple[str, Path, tuple[str, tuple[int, int] | None]]] = []
     for label, raw, suffixes in outputs:
         if raw is None:
@@ -95,6 +96,9 @@ def check_outputs(outputs: Iterable[OutputSpec], inputs: Iterable[tuple[str, Pat
             if _same(ident, in_ident):
                 raise OutputError(f"{label} {path} is the input {in_label} {in_raw}: refusing to overwrite it "
                                   f"(choose another output path)")
+    for (label, raw, suffixes), (_, path, _) in zip([o for o in outputs if o[1] is not None], checked, strict=True):
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise OutputError(f"{label} {raw}: the file name must end in {' or '.join(suffixes)}")
     return [path for _, path, _ in checked]
 
 
