@@ -132,15 +132,17 @@ def main() -> None:
                     for key, values in json.loads(out.stdout.strip().splitlines()[-1]).items():
                         results.setdefault((scenario, policy, key), []).extend(values)
                     print(f"round {r + 1}/{args.rounds} {scenario} {policy} done", file=sys.stderr)
-    _report(results, args)
+            if r + 1 < args.rounds:
+                _report(results, args, r + 1)  # partial tables: a long run still leaves numbers behind
+    _report(results, args, args.rounds)
 
 
-def _report(results: dict[tuple[str, str, str], list[float]], args: argparse.Namespace) -> None:
+def _report(results: dict[tuple[str, str, str], list[float]], args: argparse.Namespace, rounds: int) -> None:
     def med(scenario: str, policy: str, key: str) -> float:
         return statistics.median(results[(scenario, policy, key)])
 
     print(f"median ms per frame ({os.cpu_count()} cores, {args.neighbours} spinning neighbour(s) when busy, "
-          f"{args.rounds} interleaved rounds)")
+          f"{rounds} interleaved rounds)", flush=True)
     head = "| work | threads | quiet, default | quiet, tuned | busy, default | busy, tuned |"
     print(head if args.markdown else head.replace("|", " "))
     if args.markdown:
@@ -150,7 +152,7 @@ def _report(results: dict[tuple[str, str, str], list[float]], args: argparse.Nam
             key = f"{work}/{threads}"
             cells = [f"{med(s, p, key):.1f}" for s in ("quiet", "busy") for p in ("default", "tuned")]
             row = f"| {work} | {threads} | " + " | ".join(cells) + " |"
-            print(row if args.markdown else row.replace("|", " "))
+            print(row if args.markdown else row.replace("|", " "), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Every command that writes files uses this module:
   exists or can be created and is writable; no output may be another output or an input (compared as resolved
   real paths, and by inode where both exist, so symlinks and hard links count). It raises `OutputError`.
 - `atomic_output(path)` yields a binary file object on a temporary file in the destination folder; on success
-  the file is flushed, fsynced and renamed over `path` (os.replace: atomic on POSIX); on any failure it is
-  removed. A failed or interrupted write therefore leaves the old file (or no file) in place, never a torn one.
+  the file is flushed, fsynced and renamed over `path` (os.replace: atomic on POSIX; a symbolic link is written
+  through, its target replaced); on any failure it is removed. A failed or interrupted write therefore leaves
+  the old file (or no file) in place, never a torn one.
   `write_bytes`, `write_text` and `save_npz` are built on it (`save_npz` never appends `.npz` to the name,
   unlike `np.savez` given a path).
 """
@@ -94,7 +95,7 @@ def check_outputs(outputs: Iterable[OutputSpec], inputs: Iterable[tuple[str, Pat
         in_ident = _identity(Path(os.fspath(in_raw)).expanduser())
         for label, path, ident in checked:
             if _same(ident, in_ident):
-                raise OutputError(f"{label} {path} is the input {in_label} {in_raw}: refusing to overwrite it "
+                raise OutputError(f"{label} {path} is {in_label} {in_raw}: refusing to overwrite an input "
                                   f"(choose another output path)")
     for (label, raw, suffixes), (_, path, _) in zip([o for o in outputs if o[1] is not None], checked, strict=True):
         if suffixes and path.suffix.lower() not in suffixes:
@@ -112,6 +113,8 @@ def _umask() -> int:
 def atomic_output(path: PathLike) -> Iterator[IO[bytes]]:
     """A binary file that replaces `path` only once completely written (see the module docstring)."""
     path = Path(os.fspath(path)).expanduser()
+    if path.is_symlink():  # write through the link (the new file replaces its target), as `>` would
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:

@@ -65,3 +65,20 @@ def test_usage_errors_start_with_error(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --threads: must be >= 1") and "Traceback" not in err
+
+
+def test_threading_defaults(monkeypatch):
+    from openmoshi.commands import common
+
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.delenv(name, raising=False)
+    common.configure_threading_env()
+    import os
+
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["KMP_BLOCKTIME"] == "0"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice wins
+    common.configure_threading_env()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    for cores, expected in ((1, 1), (2, 1), (3, 1), (8, 4), (64, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert common.default_threads() == expected

@@ -94,3 +94,10 @@ def test_save_npz_writes_exactly_the_path(tmp_path: Path) -> None:
     save_npz(tmp_path / "tokens.bin", a=np.arange(3))  # np.savez would write tokens.bin.npz
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.bin"]
     np.testing.assert_array_equal(np.load(tmp_path / "tokens.bin")["a"], np.arange(3))
+
+
+def test_a_symbolic_link_is_written_through(tmp_path: Path) -> None:
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    write_text(tmp_path / "link.json", "new")
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"

@@ -159,19 +159,19 @@ def read_codes(path: Path, num_codebooks_max: int, cardinality: int, frame_size:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..audio import AudioError, read_audio, write_wav
-    from ..codec.checkpoint import CheckpointError, load_mimi
-    from ..codec.mimi import MimiConfig
-    from ..io_safety import OutputError, check_outputs, save_npz
+    from ..audio import read_audio, write_wav
+    from ..io_safety import check_outputs, save_npz
 
     progress = not args.no_progress
     encoding = args.action == "encode"
     try:
+        suffix = ".npz" if encoding else ".wav"
+        check_outputs([("the output", args.output, (suffix,))],
+                      [("the input", args.input), ("--weights", args.weights)])
+        from ..codec.mimi import MimiConfig  # (torch) after the instant checks
+
         cfg = {"mimi": MimiConfig.mimi, "tiny": MimiConfig.tiny}[args.preset]()
         qcfg = cfg.quantizer
-        suffix = ".npz" if encoding else ".wav"
-        check_outputs([("OUT" + suffix, args.output, (suffix,))],
-                      [("IN" + (".wav" if encoding else ".npz"), args.input), ("--weights", args.weights)])
         # everything the user gave is checked before the (slow) model load
         if encoding:
             if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
@@ -181,6 +181,10 @@ def main(args: argparse.Namespace) -> int:
             codes, num_samples = read_codes(Path(args.input), qcfg.num_codebooks, qcfg.codebook_size,
                                             cfg.frame_size, cfg.sample_rate)
         import torch
+
+        if not Path(args.weights).is_file():  # before building the model
+            raise ValueError(f"weights file not found: {args.weights}")
+        from ..codec.checkpoint import load_mimi
 
         apply_threads(args.threads)
         mimi = load_mimi(args.weights, args.preset)
@@ -199,6 +203,6 @@ def main(args: argparse.Namespace) -> int:
             write_wav(args.output, audio, mimi.sample_rate)
             print(f"{args.input}: codes {list(codes.shape)} -> {len(audio) / mimi.sample_rate:.2f} s "
                   f"of 24 kHz audio in {args.output}")
-    except (AudioError, CheckpointError, OutputError, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # AudioError, OutputError, CheckpointError: the user's input
         return error(str(e))
     return 0

@@ -6,8 +6,10 @@ Threads. The per-frame work of a streaming step is small (a few ms): several thr
 other, and on a machine whose cores are busy with another process a spinning OpenMP team slows a step 10x and
 more (bench/busy.py, docs/benchmarks.md "Busy machine"). So `configure_threading_env()`, called by the
 dispatcher before torch is imported, makes idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE,
-unless the user set a policy), and `apply_threads(n)` gives torch `n` intra-op threads (default
-`DEFAULT_THREADS`) and one inter-op thread.
+unless the user set a policy), and `apply_threads(n)` gives torch `n` intra-op threads and one inter-op thread.
+The default count, `default_threads()`, is half the cores this process may use, at most 4: 1 on a 2-core
+machine (where the benchmark measured it), leaving cores to the audio thread and to other programs; more
+threads than that gain little on 80 ms frames of small matrices.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import os
 import re
 import sys
 
-# Intra-op threads when --threads is not given: the busy-machine benchmark's choice (see the module docstring).
-DEFAULT_THREADS = 1
+MAX_DEFAULT_THREADS = 4
 _DEVICE = re.compile(r"^(cpu|cuda|mps|xpu)(:\d+)?$")
 SEED_MAX = 2**64 - 1  # torch.Generator seeds are 64-bit
 
@@ -31,11 +32,20 @@ def configure_threading_env() -> None:
     os.environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP runtime, when torch uses it
 
 
+def default_threads() -> int:
+    """Half the cores this process may run on (its CPU affinity), at least 1, at most MAX_DEFAULT_THREADS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores // 2))
+
+
 def apply_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (None: DEFAULT_THREADS) and a single inter-op thread. Returns the count."""
+    """Set torch's intra-op threads (None: default_threads()) and one inter-op thread. Returns the count."""
     import torch
 
-    n = DEFAULT_THREADS if threads is None else threads
+    n = default_threads() if threads is None else threads
     torch.set_num_threads(n)
     try:
         torch.set_num_interop_threads(1)
@@ -127,5 +137,5 @@ def device(text: str) -> str:
 
 def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
-                        help=f"torch CPU threads (default {DEFAULT_THREADS}: per-frame work is small, and extra "
-                             f"threads stall when other programs keep the cores busy)")
+                        help="torch CPU threads (default: half the cores, at most 4; per-frame work is small, and "
+                             "extra threads stall when other programs keep the cores busy)")

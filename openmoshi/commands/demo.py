@@ -69,16 +69,16 @@ def fetch_weights() -> tuple[Path | None, list[str]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..audio import AudioError, example_recording, read_audio, write_wav
-    from ..codec.checkpoint import CheckpointError, load_mimi
-    from ..codec.mimi import MimiConfig
-    from ..io_safety import OutputError, check_outputs
+    from ..audio import example_recording, read_audio, write_wav
+    from ..io_safety import check_outputs
 
     source = Path(args.input) if args.input else example_recording()
     try:
+        check_outputs([("--output", args.output, (".wav",))], [("--input", source), ("--weights", args.weights)])
+        from ..codec.mimi import MimiConfig  # (torch) after the instant checks
+
         cfg = {"mimi": MimiConfig.mimi, "tiny": MimiConfig.tiny}[args.preset]()
         qcfg = cfg.quantizer
-        check_outputs([("--output", args.output, (".wav",))], [("--input", source), ("--weights", args.weights)])
         if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
             raise ValueError(f"--num-codebooks must be in 1..{qcfg.num_codebooks}, got {args.num_codebooks}")
         wav = read_audio(source, cfg.sample_rate)
@@ -91,9 +91,13 @@ def main(args: argparse.Namespace) -> int:
                 print(offline_message(problems), file=sys.stderr)
                 return 1
             weights = found
+        if not Path(weights).is_file():  # before building the model
+            raise ValueError(f"weights file not found: {weights}")
+        from ..codec.checkpoint import load_mimi
+
         apply_threads(args.threads)
         mimi = load_mimi(weights, args.preset)
-    except (AudioError, CheckpointError, OutputError, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # AudioError, OutputError, CheckpointError: the user's input
         return error(str(e))
     all_codes, out, times = round_trip(mimi, wav, args.num_codebooks, progress=not args.no_progress)
     try:
