@@ -79,6 +79,6 @@ def test_threading_defaults(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice wins
     common.configure_threading_env()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    for cores, expected in ((1, 1), (2, 1), (3, 1), (8, 4), (64, 4)):
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (8, 4), (64, 4)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
         assert common.default_threads() == expected

@@ -2,14 +2,14 @@
 
 Importing this module must stay cheap (no torch): `openmoshi <command> --help` only parses flags.
 
-Threads. The per-frame work of a streaming step is small (a few ms): several threads spend it waiting for each
-other, and on a machine whose cores are busy with another process a spinning OpenMP team slows a step 10x and
-more (bench/busy.py, docs/benchmarks.md "Busy machine"). So `configure_threading_env()`, called by the
-dispatcher before torch is imported, makes idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE,
-unless the user set a policy), and `apply_threads(n)` gives torch `n` intra-op threads and one inter-op thread.
-The default count, `default_threads()`, is half the cores this process may use, at most 4: 1 on a 2-core
-machine (where the benchmark measured it), leaving cores to the audio thread and to other programs; more
-threads than that gain little on 80 ms frames of small matrices.
+Threads. With OpenMP's default wait policy an idle thread spins before it sleeps, and on a machine whose cores
+are busy with another process a team of spinning threads waits for a member that is not running: a streaming
+step with 2 threads on 2 busy cores took 7-15x longer than with 1 (bench/busy.py; docs/benchmarks.md, "Busy
+machine"). So `configure_threading_env()`, called by the dispatcher before torch is imported, makes idle OpenMP
+threads sleep instead (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0, unless the user set a policy). With that policy
+2 threads beat 1 on the same busy 2-core machine (2-4x on the tiny chat step), so `apply_threads(n)` gives torch
+`default_threads()` intra-op threads, the cores this process may use but at most 4 (per-frame matrices are
+small: more threads would mostly add synchronisation), and one inter-op thread.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ def configure_threading_env() -> None:
 
 
 def default_threads() -> int:
-    """Half the cores this process may run on (its CPU affinity), at least 1, at most MAX_DEFAULT_THREADS."""
+    """The cores this process may run on (its CPU affinity), at most MAX_DEFAULT_THREADS."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_THREADS, cores // 2))
+    return max(1, min(MAX_DEFAULT_THREADS, cores))
 
 
 def apply_threads(threads: int | None) -> int:
@@ -137,5 +137,5 @@ def device(text: str) -> str:
 
 def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
-                        help="torch CPU threads (default: half the cores, at most 4; per-frame work is small, and "
-                             "extra threads stall when other programs keep the cores busy)")
+                        help="torch CPU threads (default: the cores, at most 4; idle threads sleep, so a busy "
+                             "machine slows a command gracefully)")
