@@ -4,7 +4,7 @@ Importing this module must stay cheap (no torch): `openmoshi <command> --help` o
 
 Threads. With OpenMP's default wait policy an idle thread spins before it sleeps, and on a machine whose cores
 are busy with another process a team of spinning threads waits for a member that is not running: a streaming
-step with 2 threads on 2 busy cores took 7-15x longer than with 1 (bench/busy.py; docs/benchmarks.md, "Busy
+step with 2 threads on 2 busy cores took 7-13x longer than with 1 (bench/busy.py; docs/benchmarks.md, "Busy
 machine"). So `configure_threading_env()`, called by the dispatcher before torch is imported, makes idle OpenMP
 threads sleep instead (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0, unless the user set a policy). With that policy
 2 threads beat 1 on the same busy 2-core machine (2-4x on the tiny chat step), so `apply_threads(n)` gives torch
