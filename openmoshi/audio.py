@@ -1,7 +1,9 @@
 """Audio file I/O: read any file soundfile can read as mono float32 at a given rate, write wav.
 
-Reading mixes multi-channel audio down to mono (with a logged notice) and resamples with soxr. Problems with
-the input (missing, unreadable, empty, NaN/inf samples) raise `AudioError` with a message naming the file.
+Reading mixes multi-channel audio down to mono (with a logged notice), scales down a (float) file whose samples
+go beyond [-1, 1] so that it peaks at 1 (with a logged notice: such a file was written at the wrong scale, and
+clipping it would distort it), and resamples with soxr. Problems with the input (missing, unreadable, empty,
+NaN/inf samples) raise `AudioError` with a message naming the file. Writing is atomic (`io_safety`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if data.shape[1] > 1:
         log.warning("%s has %d channels: mixing them down to mono", path, data.shape[1])
     mono = data.mean(axis=1, dtype=np.float32)
+    peak = float(np.abs(mono).max())
+    if peak > 1.0:
+        log.warning("%s peaks at %.4g, beyond the [-1, 1] of audio samples: scaling it down by that factor", path,
+                    peak)
+        mono /= peak
     return resample(mono, rate, sample_rate)
 
 
@@ -55,19 +62,23 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write mono audio [T] (or [1, T]) as 16-bit PCM wav, clipping to [-1, 1]."""
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, *, channels_last: bool = False
+              ) -> None:
+    """Write audio as 16-bit PCM wav, clipping to [-1, 1], atomically (the folder is created if needed).
+
+    Mono [T] or [1, T]; with `channels_last`, [T, C] (C channels, e.g. a stereo conversation).
+    """
     import soundfile as sf
 
+    from .io_safety import atomic_output
+
     audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 2 and audio.shape[0] == 1:
+    if not channels_last and audio.ndim == 2 and audio.shape[0] == 1:
         audio = audio[0]
-    if audio.ndim != 1:
-        raise AudioError(f"write_wav expects mono audio [T], got shape {audio.shape}")
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    if (audio.ndim != 2) if channels_last else (audio.ndim != 1):
+        raise AudioError(f"write_wav expects {'[T, C]' if channels_last else 'mono audio [T]'}, got {audio.shape}")
+    with atomic_output(path) as f:
+        sf.write(f, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
 
 
 def example_recording() -> Path:

@@ -1,7 +1,10 @@
 """The `openmoshi` command line: `openmoshi <command> ...`.
 
 Each command lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`; this file only
-dispatches, and imports a command's module (and therefore torch) only when that command runs.
+dispatches, and imports a command's module only when that command runs; a command module imports torch only in
+its `main`, so every `--help` is instant. Usage errors print `error: ...` (exit status 2), like every other
+refusal of the commands (exit status 1). Before a command runs, the OpenMP wait policy is set for busy machines
+(commands/common.py).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # name -> (module, one-line help). Modules are imported lazily so `openmoshi --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,9 +23,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors printed as `error: ...` (and where to find the usage), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .commands.common import configure_threading_env
+
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="openmoshi", description="openmoshi: Moshi, from scratch.")
+    parser = Parser(prog="openmoshi", description="openmoshi: Moshi, from scratch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = argv[0] if argv else None
     for name, (module_name, help_text) in COMMANDS.items():
@@ -33,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    configure_threading_env()  # before the command imports torch
     module = importlib.import_module(args._module)
     try:
         return int(module.main(args) or 0)

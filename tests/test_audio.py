@@ -88,3 +88,35 @@ def test_bundled_example_is_short_24k_mono_speech() -> None:
     assert path.stat().st_size < 300_000
     y = read_audio(path)
     assert 0.1 < np.abs(y).max() <= 1.0
+
+
+def test_loud_float_input_is_scaled_down_with_a_notice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x = _tone(24000, 0.1)
+    sf.write(tmp_path / "loud.wav", 200 * x, 24000, subtype="FLOAT")  # peaks at 100: the wrong scale
+    with caplog.at_level(logging.WARNING):
+        y = read_audio(tmp_path / "loud.wav")
+    assert "peaks at 100" in caplog.text and "beyond the [-1, 1]" in caplog.text
+    np.testing.assert_allclose(y, x / np.abs(x).max(), atol=1e-6)  # the same waveform, not clipped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_audio(_write(tmp_path / "ok.wav", x))
+    assert "peaks" not in caplog.text  # audio within [-1, 1] is left alone
+
+
+def _write(path: Path, x: np.ndarray) -> Path:
+    sf.write(path, x, 24000, subtype="FLOAT")
+    return path
+
+
+def test_write_wav_is_atomic_and_writes_channels_last(tmp_path: Path) -> None:
+    target = tmp_path / "keep.wav"
+    write_wav(target, _tone(24000, 0.05))
+    before = target.read_bytes()
+    with pytest.raises(AudioError):
+        write_wav(target, np.zeros((2, 3, 4), dtype=np.float32))  # refused before anything is written
+    assert target.read_bytes() == before
+    stereo = np.stack([_tone(24000, 0.05), -_tone(24000, 0.05)], axis=1)
+    write_wav(tmp_path / "s" / "st.wav", stereo, channels_last=True)
+    y, rate = sf.read(tmp_path / "s" / "st.wav", dtype="float32")
+    assert rate == 24000 and y.shape == stereo.shape and np.abs(y - stereo).max() < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.wav", "s"]

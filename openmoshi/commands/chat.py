@@ -11,6 +11,10 @@ and writes:
   given), `text` [T] and `audio` [dep_q, T] (what it returned, -2 where nothing).
 
 Without --input: microphone and speaker through `sounddevice`, the text printed as it comes; Ctrl-C ends.
+
+Every flag, the input recording and every output path (suffix, folder, no output equal to another or to an input:
+io_safety.check_outputs) are checked before the model loads; outputs are written atomically. This module imports
+torch only in `main`, so `openmoshi chat --help` is instant.
 """
 
 from __future__ import annotations
@@ -20,15 +24,21 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..inference.models import ModelFilesError, add_model_arguments, models_from_args
-from ..inference.sampling import SamplingConfig
+from ..inference.models import add_model_arguments
+from . import common
+from .common import error
+
+if TYPE_CHECKING:
+    from ..inference.sampling import SamplingConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    common.add_threads_argument(parser)
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", "-i", default=None, metavar="WAV",
                     help="the user's side as a recording (any rate, any channels); without it: the microphone")
@@ -39,22 +49,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--save-tokens", default=None, metavar="FILE.npz",
                     help="the generator's inputs and outputs, one column per step")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
-    io.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+    io.add_argument("--duration", type=common.positive_float, default=None, metavar="SECONDS",
                     help="microphone mode: stop after this long (default: until Ctrl-C)")
     s = parser.add_argument_group("sampling (defaults: the model's lm_gen_config, else Kyutai's)")
-    s.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: random)")
+    s.add_argument("--seed", type=common.seed, default=None, help="seed of the sampling, 0..2**64-1 (default: random)")
     s.add_argument("--greedy", action="store_true", help="argmax everywhere (deterministic)")
-    s.add_argument("--temp", "--audio-temperature", dest="temp", type=float, default=None,
+    s.add_argument("--temp", "--audio-temperature", dest="temp", type=common.non_negative_float, default=None,
                    help="audio temperature (0.8)")
-    s.add_argument("--temp-text", "--text-temperature", dest="temp_text", type=float, default=None,
-                   help="text temperature (0.7)")
-    s.add_argument("--top-k", "--audio-top-k", dest="top_k", type=int, default=None, help="audio top-k (250)")
-    s.add_argument("--top-k-text", "--text-top-k", dest="top_k_text", type=int, default=None,
+    s.add_argument("--temp-text", "--text-temperature", dest="temp_text", type=common.non_negative_float,
+                   default=None, help="text temperature (0.7)")
+    s.add_argument("--top-k", "--audio-top-k", dest="top_k", type=common.non_negative_int, default=None,
+                   help="audio top-k (250)")
+    s.add_argument("--top-k-text", "--text-top-k", dest="top_k_text", type=common.non_negative_int, default=None,
                    help="text top-k (25)")
 
 
 def sampling_configs(args: argparse.Namespace, gen_config: dict | None = None) -> tuple[SamplingConfig, SamplingConfig]:
     """(text, audio) sampling from the flags, then the model's `lm_gen_config`, then Kyutai's defaults."""
+    from ..inference.sampling import SamplingConfig
+
     gen = gen_config or {}
     text_default, audio_default = SamplingConfig.text_default(), SamplingConfig.audio_default()
 
@@ -70,41 +83,76 @@ def sampling_configs(args: argparse.Namespace, gen_config: dict | None = None) -
 
 
 def check_args(args: argparse.Namespace) -> str | None:
-    """A message for contradictory flags, or None."""
+    """A message for contradictory flags, or None. (Each value's own range is checked by its argparse type.)"""
     if args.input is not None and args.output is None:
         return "--input needs --output (the stereo wav to write)"
-    for name in ("temp", "temp_text"):
-        if getattr(args, name) is not None and getattr(args, name) < 0:
-            return f"--{name.replace('_', '-')} must be >= 0"
-    for name in ("top_k", "top_k_text"):
-        if getattr(args, name) is not None and getattr(args, name) < 0:
-            return f"--{name.replace('_', '-')} must be >= 0"
-    if args.duration is not None and args.duration <= 0:
-        return "--duration must be > 0"
+    if args.device is not None and (why := _device_problem(args.device)):
+        return why
     return None
+
+
+def _device_problem(name: str) -> str | None:
+    try:
+        common.device(name)
+    except argparse.ArgumentTypeError as err:
+        return f"--device: {err}"
+    return None
+
+
+def output_paths(args: argparse.Namespace) -> dict[str, Path | None]:
+    """What the conversation will write: the stereo wav, the words (JSON, SRT; by default beside the wav), the
+    tokens."""
+    out = Path(args.output) if args.output is not None else None
+    json_path = args.text_json or (out.with_suffix(".json") if out is not None else None)
+    srt_path = args.text_srt or (out.with_suffix(".srt") if out is not None else None)
+    return {"--output": out, "--text-json": None if json_path is None else Path(json_path),
+            "--text-srt": None if srt_path is None else Path(srt_path),
+            "--save-tokens": None if args.save_tokens is None else Path(args.save_tokens)}
+
+
+OUTPUT_SUFFIXES = {"--output": (".wav",), "--text-json": (".json",), "--text-srt": (".srt",),
+                   "--save-tokens": (".npz",)}
+
+
+def check_paths(args: argparse.Namespace) -> dict[str, Path | None]:
+    """The output paths, checked against each other and every input (io_safety.check_outputs)."""
+    from ..io_safety import check_outputs
+
+    outputs = output_paths(args)
+    inputs = [("--input", args.input), ("--moshi-weight", args.moshi_weight), ("--mimi-weight", args.mimi_weight),
+              ("--tokenizer", args.tokenizer), ("--config", args.config)]
+    check_outputs([(flag, path, OUTPUT_SUFFIXES[flag]) for flag, path in outputs.items()], inputs)
+    return outputs
 
 
 def main(args: argparse.Namespace) -> int:
     problem = check_args(args)
     if problem:
-        print(f"openmoshi chat: {problem}", file=sys.stderr)
-        return 2
+        return error(problem, 2)
+    from ..audio import SAMPLE_RATE, AudioError, read_audio, resample
+    from ..io_safety import OutputError
+
+    try:
+        paths = check_paths(args)
+        user = read_audio(args.input, SAMPLE_RATE) if args.input is not None else None
+    except (AudioError, OutputError) as err:
+        return error(str(err))
     if args.input is None:
         from . import chat_live
 
         if (why := chat_live.unavailable()) is not None:
-            print(f"openmoshi chat: {why}", file=sys.stderr)
-            return 2
+            return error(why, 2)
     import torch
 
-    from ..audio import AudioError, read_audio
+    from ..inference.models import ModelFilesError, models_from_args
 
+    common.apply_threads(args.threads)
     try:
         models = models_from_args(args)
-        user = read_audio(args.input, models.mimi.sample_rate) if args.input is not None else None
-    except (ModelFilesError, AudioError, ValueError) as err:
-        print(f"openmoshi chat: {err}", file=sys.stderr)
-        return 1
+    except (ModelFilesError, ValueError) as err:
+        return error(str(err))
+    if user is not None and models.mimi.sample_rate != SAMPLE_RATE:
+        user = resample(user, SAMPLE_RATE, models.mimi.sample_rate)
     text_cfg, audio_cfg = sampling_configs(args, models.files.repo_config.lm_gen_config)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     if not (text_cfg.is_greedy and audio_cfg.is_greedy):
@@ -116,7 +164,10 @@ def main(args: argparse.Namespace) -> int:
                                  Recorder(models.mimi.frame_size, models.mimi.sample_rate))
     else:
         rec = run_file(models, user, text_cfg, audio_cfg, seed, progress=not args.no_progress)
-    rec.write(args, models)
+    try:
+        rec.write(paths, models)
+    except OSError as err:
+        return error(f"cannot write the conversation: {err}")
     return 0
 
 
@@ -164,27 +215,23 @@ class Recorder:
             "audio": np.stack(self.audio, axis=1) if self.audio else np.zeros((dep_q, 0), np.int64),
         }
 
-    def write(self, args: argparse.Namespace, models) -> None:
-        import soundfile as sf
-
+    def write(self, paths: dict[str, Path | None], models) -> None:
+        """Write the outputs of `output_paths` (None: not written), each atomically."""
+        from ..audio import write_wav
         from ..inference.transcript import words_from_tokens, write_json, write_srt
+        from ..io_safety import save_npz
 
         words = words_from_tokens(self.frame_text, models.tokenizer, self.frame_size / self.sample_rate)
-        json_path, srt_path = args.text_json, args.text_srt
-        if args.output is not None:
-            out = Path(args.output)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(str(out), np.clip(self.stereo(), -1.0, 1.0), self.sample_rate, subtype="PCM_16", format="WAV")
-            json_path = json_path or out.with_suffix(".json")
-            srt_path = srt_path or out.with_suffix(".srt")
+        if (out := paths["--output"]) is not None:
+            write_wav(out, self.stereo(), self.sample_rate, channels_last=True)
             print(f"wrote {out} ({len(self.moshi_pcm) * self.frame_size / self.sample_rate:.2f} s, stereo: "
                   f"left Moshi, right you)", file=sys.stderr)
-        if json_path:
-            write_json(json_path, words)
-        if srt_path:
-            write_srt(srt_path, words)
-        if args.save_tokens:
-            np.savez(args.save_tokens, **self.tokens())
+        if paths["--text-json"] is not None:
+            write_json(paths["--text-json"], words)
+        if paths["--text-srt"] is not None:
+            write_srt(paths["--text-srt"], words)
+        if paths["--save-tokens"] is not None:
+            save_npz(paths["--save-tokens"], **self.tokens())
         if words:
             print(" ".join(w.text for w in words))
 

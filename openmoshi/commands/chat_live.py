@@ -9,10 +9,12 @@ from __future__ import annotations
 import queue
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..inference.sampling import SamplingConfig
+if TYPE_CHECKING:
+    from ..inference.sampling import SamplingConfig
 
 INSTALL_HINT = "install it with `pip install sounddevice` (it needs the PortAudio library), or use --input FILE.wav"
 

@@ -5,6 +5,10 @@ encode: any audio file soundfile reads (any rate: resampled to 24 kHz; stereo: m
   Batch and `--streaming` (one 80 ms frame per call, as a live stream would) give the same codes.
 decode: npz -> 24 kHz mono 16-bit wav, trimmed to `num_samples` when the file has it.
 
+Everything the user gives is checked before the model loads: the output path (suffix, folder, not an input:
+io_safety.check_outputs), the input file (audio, or an npz of valid codes), --num-codebooks. Outputs are written
+atomically.
+
 Long inputs are processed in chunks of whole frames through the streaming path (identical output, bounded
 memory) with a progress bar.
 """
@@ -13,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .common import add_threads_argument, apply_threads, error
 
 # Batch mode handles up to this many frames in one call; beyond, chunked streaming (same result, flat memory).
 MAX_BATCH_FRAMES = 750  # 60 s
@@ -40,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Mimi weights (Kyutai's tokenizer-e351c8d8-checkpoint125.safetensors or ours)")
         p.add_argument("--preset", default=DEFAULT_MIMI_PRESET, choices=list(MIMI_PRESETS),
                        help="model size the weights are for (tiny: tests only)")
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        add_threads_argument(p)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -90,18 +98,45 @@ def decode_codes(mimi, codes: np.ndarray, progress: bool) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def read_codes(path: Path, num_codebooks_max: int, cardinality: int) -> tuple[np.ndarray, int | None]:
-    """Validate an npz of codes: (`codes` [K, F] int64, `num_samples` or None)."""
-    if not path.is_file():
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip file's first record, or an empty zip's end record
+_NPZ_HINT = "expected an .npz written by `openmoshi codec encode` (`codes` [K, F], `num_samples`)"
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (never pickled objects), or ValueError saying what the file is instead."""
+    if not path.exists():
         raise ValueError(f"codes file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file; {_NPZ_HINT}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"{path} is a single .npy array, not an .npz; {_NPZ_HINT}")
+    if not head.startswith(_ZIP_MAGICS):
+        raise ValueError(f"{path} is not an .npz file; {_NPZ_HINT}")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "codes" not in data:
-                raise ValueError(f"{path} has no `codes` array (found: {', '.join(data.files) or 'nothing'})")
-            codes = data["codes"]
-            num_samples = int(data["num_samples"]) if "num_samples" in data else None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read {path} as .npz: {e}") from e
+            return {name: data[name] for name in data.files}
+    except ValueError as e:
+        if "pickle" in str(e):  # object arrays: data, not codes, and never unpickled (it could run code)
+            raise ValueError(f"{path} holds Python objects, not integer arrays; {_NPZ_HINT}") from None
+        raise ValueError(f"cannot read {path} as .npz ({e})") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as e:
+        raise ValueError(f"cannot read {path} as .npz: damaged or truncated ({type(e).__name__}: {e})") from None
+
+
+def read_codes(path: Path, num_codebooks_max: int, cardinality: int, frame_size: int | None = None,
+               sample_rate: int | None = None) -> tuple[np.ndarray, int | None]:
+    """Validate an npz of codes: (`codes` [K, F] int64, `num_samples` or None).
+
+    `num_samples` must be one integer in 1..F * frame_size (the audio the frames hold) when `frame_size` is given;
+    a `sample_rate` entry must match `sample_rate` when given.
+    """
+    data = _load_npz(path)
+    if "codes" not in data:
+        raise ValueError(f"{path} has no `codes` array (found: {', '.join(data) or 'nothing'})")
+    codes = data["codes"]
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
         raise ValueError(f"{path}: `codes` must be an integer array [K, F], got {codes.dtype} {codes.shape}")
     if not 1 <= codes.shape[0] <= num_codebooks_max:
@@ -110,35 +145,59 @@ def read_codes(path: Path, num_codebooks_max: int, cardinality: int) -> tuple[np
         raise ValueError(f"{path}: codes must be in 0..{cardinality - 1}, got {codes.min()}..{codes.max()}")
     if codes.shape[1] == 0:
         raise ValueError(f"{path}: no frames to decode")
+    num_samples = None
+    for name in ("num_samples", "sample_rate"):
+        if name in data and (data[name].ndim != 0 or not np.issubdtype(data[name].dtype, np.integer)):
+            raise ValueError(f"{path}: `{name}` must be one integer, got {data[name].dtype} {data[name].shape}")
+    if "sample_rate" in data and sample_rate is not None and int(data["sample_rate"]) != sample_rate:
+        raise ValueError(f"{path}: codes of {int(data['sample_rate'])} Hz audio, this Mimi is {sample_rate} Hz")
+    if "num_samples" in data:
+        num_samples = int(data["num_samples"])
+        most = codes.shape[1] * frame_size if frame_size else None
+        if num_samples < 1 or (most is not None and num_samples > most):
+            raise ValueError(f"{path}: num_samples {num_samples} does not fit the codes: {codes.shape[1]} frames "
+                             f"hold 1..{most if most is not None else 'n'} samples")
     return codes.astype(np.int64), num_samples
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
+    from ..audio import read_audio, write_wav
+    from ..io_safety import check_outputs, save_npz
 
-    from ..audio import AudioError, read_audio, write_wav
-    from ..codec.checkpoint import CheckpointError, load_mimi
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     progress = not args.no_progress
+    encoding = args.action == "encode"
     try:
-        if args.action == "encode":
-            wav = read_audio(args.input)  # errors before the (slow) model load
-        mimi = load_mimi(args.weights, args.preset)
-        qcfg = mimi.cfg.quantizer
-        if args.action == "encode":
+        suffix = ".npz" if encoding else ".wav"
+        check_outputs([("the output", args.output, (suffix,))],
+                      [("the input", args.input), ("--weights", args.weights)])
+        from ..codec.mimi import MimiConfig  # (torch) after the instant checks
+
+        cfg = {"mimi": MimiConfig.mimi, "tiny": MimiConfig.tiny}[args.preset]()
+        qcfg = cfg.quantizer
+        # everything the user gave is checked before the (slow) model load
+        if encoding:
             if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
                 raise ValueError(f"--num-codebooks must be in 1..{qcfg.num_codebooks}, got {args.num_codebooks}")
+            wav = read_audio(args.input, cfg.sample_rate)
+        else:
+            codes, num_samples = read_codes(Path(args.input), qcfg.num_codebooks, qcfg.codebook_size,
+                                            cfg.frame_size, cfg.sample_rate)
+        import torch
+
+        if not Path(args.weights).is_file():  # before building the model
+            raise ValueError(f"weights file not found: {args.weights}")
+        from ..codec.checkpoint import load_mimi
+
+        apply_threads(args.threads)
+        mimi = load_mimi(args.weights, args.preset)
+        if encoding:
             with torch.inference_mode():
                 codes = encode_file(mimi, wav, args.num_codebooks, args.streaming, progress)
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.output, codes=codes.astype(np.int32), num_samples=np.int64(len(wav)),
+            save_npz(args.output, codes=codes.astype(np.int32), num_samples=np.int64(len(wav)),
                      sample_rate=np.int64(mimi.sample_rate))
             print(f"{args.input}: {len(wav) / mimi.sample_rate:.2f} s -> codes {list(codes.shape)} "
                   f"({codes.shape[0]} codebooks x {codes.shape[1]} frames) in {args.output}")
         else:
-            codes, num_samples = read_codes(Path(args.input), qcfg.num_codebooks, qcfg.codebook_size)
             with torch.inference_mode():
                 audio = decode_codes(mimi, codes, progress)
             if num_samples is not None:
@@ -146,7 +205,6 @@ def main(args: argparse.Namespace) -> int:
             write_wav(args.output, audio, mimi.sample_rate)
             print(f"{args.input}: codes {list(codes.shape)} -> {len(audio) / mimi.sample_rate:.2f} s "
                   f"of 24 kHz audio in {args.output}")
-    except (AudioError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError) as e:  # AudioError, OutputError, CheckpointError: the user's input
+        return error(str(e))
     return 0

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..inference.sampling import SamplingConfig, sample
 from ..lm.config import DEFAULT_REPO
-from ..lm.model import LMModel
 from ..model_files import ModelFiles, ModelFilesError, resolve_model_files
-from ..nn.streaming import streaming
+from . import common
+
+if TYPE_CHECKING:  # torch is imported by `main` only, so `openmoshi helium --help` stays instant
+    import torch
+
+    from ..inference.sampling import SamplingConfig
+    from ..lm.model import LMModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,13 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"local folder or Hugging Face repo in Kyutai's layout (default {DEFAULT_REPO})")
     parser.add_argument("--weights", default=None, metavar="FILE", help="LM safetensors (overrides the model's)")
     parser.add_argument("--tokenizer", default=None, metavar="FILE", help="SentencePiece model (overrides)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens to generate (default 64)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-k", type=int, default=25)
-    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--max-tokens", type=common.positive_int, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--temperature", type=common.non_negative_float, default=0.7)
+    parser.add_argument("--top-k", type=common.non_negative_int, default=25)
+    parser.add_argument("--top-p", type=common.probability, default=0.0)
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--seed", type=common.seed, default=None, help="0..2**64-1 (default: random)")
+    parser.add_argument("--device", type=common.device, default=None,
+                        help="cpu, cuda, cuda:N, mps (default: cuda when available)")
+    common.add_threads_argument(parser)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="default float32 on CPU, bfloat16 on GPU")
 
@@ -51,7 +56,6 @@ def resolve_files(model: str, weights: str | None, tokenizer: str | None) -> Mod
                                flags=HELIUM_FLAGS)
 
 
-@torch.no_grad()
 def generate_text(
     model: LMModel,
     prompt: list[int],
@@ -64,6 +68,18 @@ def generate_text(
 
     Stops early at the tokenizer's end of sequence only if the caller's `on_token` returns True.
     """
+    import torch
+
+    with torch.no_grad():
+        return _generate(model, prompt, max_tokens, sampling, generator, on_token)
+
+
+def _generate(model, prompt, max_tokens, sampling, generator, on_token) -> list[int]:
+    import torch
+
+    from ..inference.sampling import sample
+    from ..nn.streaming import streaming
+
     cfg = model.cfg
     K, device = cfg.num_streams, model.device
     tokens = torch.full((1, K, len(prompt) + 1), -1, dtype=torch.long, device=device)
@@ -85,14 +101,15 @@ def generate_text(
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from ..checkpoint import CheckpointError
     from ..inference.models import resolve_device, resolve_dtype
+    from ..inference.sampling import SamplingConfig
     from ..lm.checkpoint import load_lm
     from ..lm.text import TextStreamDecoder, TextTokenizer, TokenizerError
 
-    if args.max_tokens < 1:
-        print("--max-tokens must be >= 1", file=sys.stderr)
-        return 2
+    common.apply_threads(args.threads)
     try:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   greedy=args.greedy)

@@ -10,8 +10,6 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 from ..model_files import (
     DTYPE_NAMES,
     ModelFiles,
@@ -22,7 +20,9 @@ from ..model_files import (
     resolve_model_files,
 )
 
-if TYPE_CHECKING:  # the heavy modules are imported when models are loaded, not when flags are parsed
+if TYPE_CHECKING:  # the heavy modules (torch too) are imported when models are loaded, not when flags are parsed
+    import torch
+
     from ..codec.mimi import Mimi
     from ..lm.model import LMModel
     from ..lm.text import TextTokenizer
@@ -30,13 +30,15 @@ if TYPE_CHECKING:  # the heavy modules are imported when models are loaded, not 
 __all__ = ["ModelFiles", "ModelFilesError", "LoadedModels", "is_repo_id", "resolve_model_files", "resolve_device",
            "resolve_dtype", "add_model_arguments", "files_from_args", "load_models", "models_from_args"]
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}  # flag -> torch dtype name
 assert set(_DTYPES) == set(DTYPE_NAMES)  # the flag's choices (model_files, torch-free) are these names
 
 
 def resolve_device(name: str | None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1', 'mps'; None: cuda when available, else cpu."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -45,16 +47,20 @@ def resolve_device(name: str | None) -> torch.device:
         raise ValueError(f"unknown device {name!r}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but CUDA is not available (use --device cpu)")
+    if device.type == "meta":
+        raise ValueError("device 'meta' holds no data: use cpu or cuda")
     return device
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """float32 by default on CPU (bf16 matmuls are slow there), bfloat16 on accelerators."""
+    import torch
+
     if name is None:
         return torch.float32 if device.type == "cpu" else torch.bfloat16
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    return getattr(torch, _DTYPES[name])
 
 
 @dataclass
@@ -76,6 +82,8 @@ def load_models(files: ModelFiles, device: str | torch.device | None = None, dty
     The cheap checks come first (Mimi's config, the tokenizer), so a bad file is reported before the LM's
     weights are read. Errors: CheckpointError (weights), TokenizerError (tokenizer), ValueError (config).
     """
+    import torch
+
     from ..codec.checkpoint import load_mimi
     from ..codec.presets import mimi_config_from_overrides
     from ..lm.checkpoint import load_lm

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io_safety import write_text
 from ..lm.text import WORD_MARK, TextTokenizer
 
 FRAME_SECONDS = 0.08  # one 80 ms step at 12.5 Hz
@@ -104,7 +105,7 @@ def write_json(path: str | Path, words: list[Word]) -> None:
         "text": transcript_text(words),
         "alignments": [[w.text, [w.start, w.end], SPEAKER] for w in words],
     }
-    Path(path).write_text(json.dumps(payload, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")  # atomically
 
 
 def read_json(path: str | Path) -> list[Word]:
@@ -152,4 +153,4 @@ def to_srt(words: list[Word]) -> str:
 
 
 def write_srt(path: str | Path, words: list[Word]) -> None:
-    Path(path).write_text(to_srt(words), encoding="utf-8")
+    write_text(path, to_srt(words))  # atomically

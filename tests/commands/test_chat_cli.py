@@ -141,12 +141,25 @@ def test_sampling_flags_then_config_then_defaults():
 
 @pytest.mark.parametrize("argv, message", [
     (["--input", "x.wav"], "--input needs --output"),
-    (["--input", "x.wav", "--output", "y.wav", "--temp", "-1"], "--temp must be >= 0"),
-    (["--input", "x.wav", "--output", "y.wav", "--top-k-text", "-3"], "--top-k-text must be >= 0"),
+    (["--input", "x.wav", "--output", "y.wav", "--device", "meta"], "--device"),
 ])
 def test_contradictory_flags(argv, message, capsys):
     assert cli.main(["chat", *argv]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temp", "-1"], "--temp"), (["--temp", "nan"], "finite"), (["--temp-text", "inf"], "finite"),
+    (["--top-k-text", "-3"], "--top-k-text"), (["--seed", str(2**64)], "--seed"), (["--seed", "-1"], "--seed"),
+    (["--threads", "-1"], "--threads"), (["--threads", "0"], "--threads"), (["--duration", "0"], "--duration"),
+])
+def test_bad_values_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["chat", "--input", "x.wav", "--output", "y.wav", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument") and message in err and "Traceback" not in err
 
 
 def test_missing_model_and_bad_input_are_plain_errors(tmp_path, capsys):
@@ -238,3 +251,46 @@ def test_microphone_mode_with_a_fake_device(monkeypatch, tmp_path, capsys):
     n = min(len(played), len(moshi))
     np.testing.assert_allclose(np.clip(np.stack(played[:n]), -1, 1), moshi[:n], atol=1.5 / 32768)
     assert "listening" in capsys.readouterr().err
+
+
+def test_outputs_never_collide_nor_replace_the_input(tmp_path, capsys):
+    """`-o conv.json`, `--text-json` = `--output`, `-i X -o X`, `--save-tokens` = the input: refused before the
+    model loads (the model folder does not even exist), every file byte for byte unchanged, nothing written."""
+    user = write_user(tmp_path / "user.wav")
+    conv = tmp_path / "conv.wav"
+    conv.write_bytes(b"an earlier conversation")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    model = ["--model", str(tmp_path / "no_model")]
+    cases = [
+        (["-i", user, "-o", tmp_path / "conv.json"], "same file"),  # the words' default path is conv.json too
+        (["-i", user, "-o", tmp_path / "conv.json", "--text-json", tmp_path / "w.json"], "must end in .wav"),
+        (["-i", user, "-o", conv, "--text-json", conv], "same file"),
+        (["-i", user, "-o", tmp_path / "new.wav", "--text-srt", tmp_path / "new.srt", "--text-json",
+          tmp_path / "new.srt"], "same file"),
+        (["-i", user, "-o", tmp_path / "new.wav", "--text-json", tmp_path / "new.txt"], "must end in .json"),
+        (["-i", user, "-o", user], "refusing to overwrite"),
+        (["-i", user, "-o", tmp_path / "user.WAV.wav", "--save-tokens", user], "refusing to overwrite"),
+        (["-i", user, "-o", tmp_path / "o.wav", "--save-tokens", tmp_path / "t.np"], "must end in .npz"),
+        (["-i", user, "-o", tmp_path / "x" / ".." / "user.wav"], "refusing to overwrite"),
+        (["-i", user, "-o", tmp_path], "is a folder"),
+        (["-i", user, "-o", tmp_path / "user.wav" / "o.wav"], "is a file"),
+    ]
+    for argv, message in cases:
+        assert cli.main(["chat", *model, *map(str, argv)]) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err, (argv, err)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_side_outputs_in_new_folders_are_created(tmp_path):
+    repo_dir = build_tiny_repo(tmp_path / "repo")
+    user = write_user(tmp_path / "user.wav")
+    json_path, srt_path, tokens = tmp_path / "a" / "b" / "w.json", tmp_path / "c" / "w.srt", tmp_path / "d" / "t.npz"
+    argv = ["chat", "--model", str(repo_dir), "-i", str(user), "-o", str(tmp_path / "o" / "conv.wav"), "--no-progress",
+            "--greedy", "--threads", "1", "--text-json", str(json_path), "--text-srt", str(srt_path),
+            "--save-tokens", str(tokens)]
+    assert cli.main(argv) == 0
+    assert json_path.is_file() and srt_path.is_file() and tokens.is_file() and (tmp_path / "o" / "conv.wav").is_file()
+    assert not (tmp_path / "o" / "conv.json").exists()  # the explicit paths replace the defaults
+    for folder in ("a/b", "c", "d", "o"):  # exactly the named files, no temporary file left behind
+        assert len(list((tmp_path / folder).iterdir())) == 1

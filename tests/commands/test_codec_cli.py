@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -129,3 +130,96 @@ def test_demo_offline_says_how_to_provide_weights(tmp_path: Path, monkeypatch: p
     assert "--weights" in err and "tokenizer-e351c8d8-checkpoint125.safetensors" in err
     assert "Traceback" not in err
     assert not (tmp_path / "x.wav").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_output_never_replaces_an_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    rec = tmp_path / "rec.wav"
+    sf.write(rec, 0.1 * np.random.default_rng(2).standard_normal(10 * FRAME), 24000)
+    assert _codec("encode", weights, rec, tmp_path / "c.npz") == 0
+    os.link(rec, tmp_path / "hard.wav")
+    (tmp_path / "sym.npz").symlink_to(tmp_path / "c.npz")
+    before = _snapshot(tmp_path)
+    tiny = ["--weights", weights, "--preset", "tiny"]
+    for argv in (["demo", *tiny, "-i", rec, "-o", rec],
+                 ["demo", *tiny, "-i", rec, "-o", tmp_path / "hard.wav"],
+                 ["codec", "decode", *tiny, tmp_path / "c.npz", tmp_path / "c.npz"],
+                 ["codec", "encode", *tiny, tmp_path / "c.npz", tmp_path / "sym.npz"],
+                 ["codec", "decode", *tiny, tmp_path / "c.npz", weights]):
+        assert _run(*argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and ("refusing to overwrite" in err or "must end in" in err), err
+    assert _snapshot(tmp_path) == before  # every input byte for byte, and nothing new
+
+
+def test_outputs_checked_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A missing weights file would be the next error: the output problem must be found first."""
+    sf.write(tmp_path / "ok.wav", np.zeros(100, dtype=np.float32), 24000)
+    (tmp_path / "folder.npz").mkdir()
+    missing = tmp_path / "missing.safetensors"
+    cases = [
+        (["codec", "encode", tmp_path / "ok.wav", tmp_path / "c.wav"], "must end in .npz"),
+        (["codec", "encode", tmp_path / "ok.wav", tmp_path / "folder.npz"], "is a folder"),
+        (["codec", "encode", tmp_path / "ok.wav", tmp_path / "ok.wav" / "c.npz"], "is a file"),
+        (["codec", "encode", "-k", "33", tmp_path / "ok.wav", tmp_path / "c.npz"], "--num-codebooks must be in 1..32"),
+        (["codec", "decode", tmp_path / "c.npz", tmp_path / "c.mp3"], "must end in .wav"),
+        (["demo", "-i", tmp_path / "ok.wav", "-o", tmp_path], "is a folder"),
+        (["demo", "-i", tmp_path / "ok.wav", "-o", tmp_path / "x.npz"], "must end in .wav"),
+        (["demo", "-i", tmp_path / "ok.wav", "-o", tmp_path / "x.wav", "-k", "0"], "--num-codebooks"),
+    ]
+    for argv, message in cases:
+        assert _run(*argv, "--weights", missing) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.npz", "ok.wav"]
+
+
+def test_bad_codes_files(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every odd .npz is refused with a message naming the problem, before the model loads, never a traceback
+    nor advice to allow pickles."""
+    good = {"codes": np.zeros((2, 3), np.int32), "num_samples": np.int64(3 * FRAME)}
+    np.savez(tmp_path / "good.npz", **good)
+    raw = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "text.npz").write_text("hello")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "single.npy", good["codes"])
+    np.savez(tmp_path / "objects.npz", codes=np.array([[1, None]], dtype=object))
+    cases = {"truncated.npz": "damaged or truncated", "text.npz": "not an .npz", "empty.npz": "not an .npz",
+             "single.npy": "single .npy array", "objects.npz": "Python objects", "missing.npz": "not found"}
+    for name, (key, value, message) in {
+        "ns_array.npz": ("num_samples", np.array([5, 6]), "`num_samples` must be one integer"),
+        "ns_float.npz": ("num_samples", np.float64(5.5), "`num_samples` must be one integer"),
+        "ns_neg.npz": ("num_samples", np.int64(-5), "num_samples -5 does not fit"),
+        "ns_zero.npz": ("num_samples", np.int64(0), "num_samples 0 does not fit"),
+        "ns_long.npz": ("num_samples", np.int64(3 * FRAME + 1), f"3 frames hold 1..{3 * FRAME} samples"),
+        "rate.npz": ("sample_rate", np.int64(16000), "16000 Hz"),
+        "float.npz": ("codes", np.zeros((2, 3)), "integer array [K, F]"),
+        "no_frames.npz": ("codes", np.zeros((2, 0), np.int32), "no frames"),
+    }.items():
+        np.savez(tmp_path / name, **{**good, key: value})
+        cases[name] = message
+    for name, message in cases.items():
+        assert _run("codec", "decode", "--weights", tmp_path / "no.safetensors", "--preset", "tiny",
+                    tmp_path / name, tmp_path / "out.wav") == 1, name
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and "allow_pickle" not in err, (name, err)
+    assert not (tmp_path / "out.wav").exists()
+    assert _codec("decode", weights, tmp_path / "good.npz", tmp_path / "out.wav") == 0  # the control
+
+
+def test_encode_writes_exactly_the_named_file(tmp_path: Path, weights: Path) -> None:
+    sf.write(tmp_path / "in.wav", np.zeros(5 * FRAME, dtype=np.float32), 24000)
+    assert _codec("encode", weights, tmp_path / "in.wav", tmp_path / "sub" / "c.NPZ") == 0  # folder created
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["c.NPZ"]  # no c.NPZ.npz, no temp file
+
+
+def test_demo_shows_progress(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
+    sf.write(tmp_path / "in.wav", np.zeros(6 * FRAME, dtype=np.float32), 24000)
+    assert _run("demo", "--weights", weights, "--preset", "tiny", "-i", tmp_path / "in.wav",
+                "-o", tmp_path / "o.wav", "--threads", "1") == 0
+    err = capsys.readouterr().err
+    assert "demo" in err and "6/6" in err  # the bar reached every frame
