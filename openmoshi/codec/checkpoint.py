@@ -107,7 +107,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str = "che
     Raises CheckpointError listing missing, unexpected and mis-shaped tensors; nothing is loaded then.
     """
     plan = _plan(model, {name: tuple(value.shape) for name, value in state.items()}, source)
-    targets = model.state_dict()
+    targets = model.state_dict(keep_vars=True)  # the live tensors (prepared layouts hand out copies)
     with torch.no_grad():
         # In place: parameters keep their memory layout; the codebook caches see the buffers' new versions.
         for ours, theirs in plan.items():
@@ -128,7 +128,7 @@ def load_safetensors(model: nn.Module, path: str | Path) -> None:
         with open(path, "rb") as f:
             header, data_start = read_header(f, path)
             plan = _plan(model, {name: tuple(info["shape"]) for name, info in header.items()}, str(path))
-            targets = model.state_dict()
+            targets = model.state_dict(keep_vars=True)  # the live tensors (prepared layouts hand out copies)
             with torch.no_grad():
                 for ours, theirs in plan.items():
                     targets[ours].copy_(read_tensor(f, theirs, header[theirs], data_start, path))
@@ -139,7 +139,9 @@ def load_safetensors(model: nn.Module, path: str | Path) -> None:
 def load_mimi(
     path: str | Path, preset: str = "mimi", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ):
-    """Build a Mimi of the named preset ("mimi" or "tiny") and load `path` into it, strictly. In eval mode."""
+    """Build a Mimi of the named preset ("mimi" or "tiny") and load `path` into it, strictly. In eval mode,
+    prepared for inference (`openmoshi.nn.prepare`)."""
+    from ..nn.prepare import prepare_for_inference
     from .mimi import Mimi, MimiConfig
 
     presets = {"mimi": MimiConfig.mimi, "tiny": MimiConfig.tiny}
@@ -147,4 +149,4 @@ def load_mimi(
         raise ValueError(f"unknown Mimi preset {preset!r}: expected one of {sorted(presets)}")
     model = Mimi(presets[preset]())
     load_safetensors(model, path)
-    return model.to(device=device, dtype=dtype).eval()
+    return prepare_for_inference(model.to(device=device, dtype=dtype).eval())

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the heavy modules are imported when models are loaded, not 
     from ..codec.mimi import Mimi, MimiConfig
     from ..lm.model import LMModel
     from ..lm.text import TextTokenizer
+    from ..nn.prepare import prepare_for_inference
 
 CONFIG_NAME = "config.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -280,7 +281,7 @@ def load_models(files: ModelFiles, device: str | torch.device | None = None, dty
     lm_cfg = files.repo_config.lm
     mimi = Mimi(mimi_config(files.mimi_overrides))
     load_safetensors(mimi, files.mimi)
-    mimi = mimi.to(dev).eval()
+    mimi = prepare_for_inference(mimi.to(dev).eval())
     lm = load_lm(files.moshi, lm_cfg, device=dev, dtype=dt)
     tokenizer = TextTokenizer(files.tokenizer, text_card=lm_cfg.text_card)
     return LoadedModels(files, mimi, lm, tokenizer, dev, dt)
