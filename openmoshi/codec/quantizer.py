@@ -58,6 +58,8 @@ class EuclideanCodebook(nn.Module):
 
     The division is done once and cached. The cache is keyed on the identity and version counter of both
     buffers, so loading a state dict, moving the module or editing the buffers in place all invalidate it.
+    Under torch.compile that key cannot be traced: a compiled step uses the cache as validated by the last eager
+    call or by `prepare_for_inference` (which fills it), so re-prepare after editing the codebooks.
     """
 
     def __init__(self, size: int, dim: int, epsilon: float = 1e-5) -> None:
@@ -91,17 +93,26 @@ class EuclideanCodebook(nn.Module):
         self._cache_key = self._cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def _compute(self) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            usage = self.cluster_usage.float().clamp(min=self.epsilon)
+            codebook = (self.embedding_sum.float() / usage[:, None]).to(self.embedding_sum.dtype)
+            norms = codebook.pow(2).sum(-1, keepdim=True)
+            augmented = torch.cat([codebook, torch.ones_like(norms), norms], dim=-1)
+        return codebook, augmented.t().contiguous()
+
     def codebook_and_augmented(self) -> tuple[Tensor, Tensor]:
-        """The codebook [N, D] and the augmented codebook [N, D + 2] = [c | 1 | |c|^2] used for distances."""
+        """The codebook [N, D] and the transposed augmented codebook [D + 2, N] ([c | 1 | |c|^2]^T)."""
+        if torch.compiler.is_compiling():  # see the class doc
+            return self._cache if self._cache is not None else self._compute()
         key = self._key()
         if self._cache is None or key != self._cache_key:
-            with torch.no_grad():
-                usage = self.cluster_usage.float().clamp(min=self.epsilon)
-                codebook = (self.embedding_sum.float() / usage[:, None]).to(self.embedding_sum.dtype)
-                norms = codebook.pow(2).sum(-1, keepdim=True)
-                augmented = torch.cat([codebook, torch.ones_like(norms), norms], dim=-1)
-            self._cache, self._cache_key = (codebook, augmented.t().contiguous()), key
+            self._cache, self._cache_key = self._compute(), key
         return self._cache
+
+    def prepare_for_inference(self) -> None:
+        """Hook of `openmoshi.nn.prepare.prepare_for_inference`: fill the cache (compiled steps read it as is)."""
+        self.codebook_and_augmented()
 
     @property
     def codebook(self) -> Tensor:
