@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from openmoshi.nn.attention import Attention
 from openmoshi.nn.conv import StreamingConv1d, StreamingConvTranspose1d
 from openmoshi.nn.norms import LayerNorm, LayerScale, RMSNorm
 from openmoshi.nn.prepare import store_transposed
@@ -144,11 +145,14 @@ class Mimi(nn.Module):
 
         Streaming multiplies 2 rows by each weight, so reading the weights is the cost, and CPU BLAS reads an
         [in, out]-contiguous weight faster. Shapes, values and state-dict names are unchanged.
+        Also fills the attention's lazy RoPE table, so that a compiled first step does not fill it (a recompile).
         """
         for transformer in (self.encoder_transformer, self.decoder_transformer):
             for layer in transformer.modules():
                 if isinstance(layer, nn.Linear):
                     store_transposed(layer)
+                elif isinstance(layer, Attention) and layer.rope_max_period:
+                    layer.rope_freqs(layer.out_proj.weight.device)
 
     @property
     def frame_size(self) -> int:
