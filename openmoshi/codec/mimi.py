@@ -145,8 +145,12 @@ class Mimi(nn.Module):
 
         Streaming multiplies 2 rows by each weight, so reading the weights is the cost, and CPU BLAS reads an
         [in, out]-contiguous weight faster. Shapes, values and state-dict names are unchanged.
-        Also fills the attention's lazy RoPE table, so that a compiled first step does not fill it (a recompile).
+        Also fills the attention's lazy RoPE table and the codebook caches of the first `cfg.num_codebooks` levels,
+        so that a compiled first step does not fill them (a recompile).
         """
+        levels = [*self.quantizer.semantic.codebooks, *self.quantizer.acoustic.codebooks]
+        for codebook in levels[:self.cfg.num_codebooks]:
+            codebook.fill_cache()
         for transformer in (self.encoder_transformer, self.decoder_transformer):
             for layer in transformer.modules():
                 if isinstance(layer, nn.Linear):

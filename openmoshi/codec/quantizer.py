@@ -59,7 +59,8 @@ class EuclideanCodebook(nn.Module):
     The division is done once and cached. The cache is keyed on the identity and version counter of both
     buffers, so loading a state dict, moving the module or editing the buffers in place all invalidate it.
     Under torch.compile that key cannot be traced: a compiled step uses the cache as validated by the last eager
-    call or by `prepare_for_inference` (which fills it), so re-prepare after editing the codebooks.
+    call or by `fill_cache` (Mimi's `prepare_for_inference` fills the levels `encode` uses by default), so
+    re-prepare after editing the codebooks; a level without a cache is computed in the compiled step.
     """
 
     def __init__(self, size: int, dim: int, epsilon: float = 1e-5) -> None:
@@ -110,8 +111,8 @@ class EuclideanCodebook(nn.Module):
             self._cache, self._cache_key = self._compute(), key
         return self._cache
 
-    def prepare_for_inference(self) -> None:
-        """Hook of `openmoshi.nn.prepare.prepare_for_inference`: fill the cache (compiled steps read it as is)."""
+    def fill_cache(self) -> None:
+        """Compute the cache now (4 MB per Mimi codebook: only for the levels in use)."""
         self.codebook_and_augmented()
 
     @property
