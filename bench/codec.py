@@ -6,7 +6,7 @@ Measured:
 - streaming: encode + decode of one 80 ms frame per call (batch 1, 8 codebooks), with 1 and 2 threads;
 - batch: encode of 10 s of audio, and decode of its codes (2 threads);
 - peak memory: ru_maxrss of the worker process (weights loaded from the same safetensors file).
-Weights: the random real-size init of tests/codec (FACTS.md), in Kyutai's published naming.
+Weights: our `Mimi.init_weights()` at the real size (random, varied codes), in Kyutai's published naming.
 
 Two more implementations can join the rounds: `base` is ours from another checkout (`--base DIR`, e.g. a detached
 worktree of an older commit: before/after comparisons of a change, same workers, same weights), and `compiled` is
@@ -36,11 +36,25 @@ EXTRA_IMPLS = ("base", "compiled")  # ours from --base DIR; ours with the frame 
 
 
 def _make_weights(path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "tests" / "codec"))
-    from codec_testutils import random_state, to_published_naming
+    """Our `init_weights` (seed 0) at the real size, written in Kyutai's published naming (all three load it)."""
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")  # read when moshi is imported
+    if str(ROOT) not in sys.path:  # this checkout's openmoshi, as the workers import it
+        sys.path.insert(0, str(ROOT))
+    import torch
+    from moshi.models.loaders import get_mimi  # for Kyutai's tensor names only
     from safetensors.torch import save_file
 
-    save_file(to_published_naming(random_state(0)), str(path))
+    from openmoshi.codec.checkpoint import kyutai_to_ours
+    from openmoshi.codec.mimi import Mimi
+
+    torch.manual_seed(0)
+    ours = Mimi().state_dict()
+    state = {}
+    for name in get_mimi(None).state_dict():
+        published = name.replace("self_attn.in_projs.0.weight", "self_attn.in_proj_weight")
+        published = published.replace("self_attn.out_projs.0.weight", "self_attn.out_proj.weight")
+        state[published] = ours[kyutai_to_ours(name)].contiguous()
+    save_file(state, str(path))
 
 
 def _audio(seconds: float):
