@@ -196,9 +196,13 @@ def main() -> None:
     p.add_argument("--task", choices=["stream", "batch"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--make-weights", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.impl:
         worker(args)
+        return
+    if args.make_weights:
+        _make_weights(Path(args.make_weights))
         return
     impls = args.impls.split(",")
     unknown = sorted(set(impls) - set(IMPLS + EXTRA_IMPLS))
@@ -213,7 +217,10 @@ def main() -> None:
     results: dict[tuple[str, str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "mimi.safetensors"
-        _make_weights(weights)
+        # In a child process: a worker's peak RSS counts its parent's RSS at fork (Linux folds it in at exec),
+        # so this process must stay small.
+        subprocess.run([sys.executable, __file__, "--make-weights", str(weights)], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
         for r in range(args.rounds):
             for task, threads in jobs:
                 for impl in impls:  # interleaved: each implementation in turn, every round
