@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # the heavy modules are imported when models are loaded, not 
     from ..codec.mimi import Mimi, MimiConfig
     from ..lm.model import LMModel
     from ..lm.text import TextTokenizer
-    from ..nn.prepare import prepare_for_inference
 
 CONFIG_NAME = "config.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -275,6 +274,7 @@ def load_models(files: ModelFiles, device: str | torch.device | None = None, dty
     from ..codec.mimi import Mimi
     from ..lm.checkpoint import load_lm
     from ..lm.text import TextTokenizer
+    from ..nn.prepare import prepare_for_inference
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dt = resolve_dtype(dtype, dev)
