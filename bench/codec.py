@@ -9,7 +9,12 @@ Measured:
 Weights: the random real-size init of FACTS.md (openmoshi.testing.mimi_init, shared with the tests), in
 Kyutai's published naming.
 
-    .venv/bin/python bench/codec.py [--rounds 3] [--frames 40] [--markdown]
+Two more implementations can join the rounds: `base` is ours from another checkout (`--base DIR`, e.g. a detached
+worktree of an older commit: before/after comparisons of a change, same workers, same weights), and `compiled` is
+ours with the frame step (encode + decode of one frame) under `torch.compile` (inductor; streaming only, compile
+time reported apart).
+
+    .venv/bin/python bench/codec.py [--rounds 3] [--frames 40] [--markdown] [--impls ours,base --base DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FRAME = 1920
 IMPLS = ("ours", "reference", "rustymimi")
+EXTRA_IMPLS = ("base", "compiled")  # ours from --base DIR; ours with the frame step compiled
 
 
 def _make_weights(path: Path) -> None:
@@ -47,7 +53,7 @@ def _audio(seconds: float):
 
 
 def _load(impl: str, weights: str):
-    if impl == "ours":
+    if impl in ("ours", "base", "compiled"):  # `base`: the same code path, imported from the --base checkout
         from openmoshi.codec.checkpoint import load_mimi
 
         return load_mimi(weights)
@@ -75,18 +81,30 @@ def _stream(impl: str, model, frames: int) -> tuple[list[float], list[float]]:
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
         return times, cpu
-    if impl == "ours":
+    ours = impl in ("ours", "base", "compiled")
+    if ours:
         from openmoshi.nn.streaming import streaming
 
         ctx = streaming(model, 1)
     else:
         ctx = model.streaming(1)
+
+    def step(frame):
+        codes = model.encode(frame, 8) if ours else model.encode(frame)
+        return model.decode(codes)
+
+    if impl == "compiled":
+        try:  # the attention's static-shape mode: no data-dependent shape or host value in a step
+            from openmoshi.nn.attention import set_static_shapes
+
+            set_static_shapes(model, True)
+        except ImportError:
+            pass
+        step = torch.compile(step, dynamic=False)
     with torch.no_grad(), ctx:
         for i in range(frames):
             t, c = time.perf_counter(), time.process_time()
-            codes = model.encode(wav[..., i * FRAME:(i + 1) * FRAME], 8) if impl == "ours" else \
-                model.encode(wav[..., i * FRAME:(i + 1) * FRAME])
-            model.decode(codes)
+            step(wav[..., i * FRAME:(i + 1) * FRAME])
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
     return times, cpu
@@ -107,7 +125,7 @@ def _batch(impl: str, model, reps: int) -> tuple[list[float], list[float]]:
             model.decode(codes.astype(np.uint32))
         else:
             with torch.no_grad():
-                codes = model.encode(wav, 8) if impl == "ours" else model.encode(wav)
+                codes = model.encode(wav, 8) if impl in ("ours", "base") else model.encode(wav)
                 t1 = time.perf_counter()
                 model.decode(codes)
         enc.append(t1 - t)
@@ -125,6 +143,11 @@ def worker(args: argparse.Namespace) -> None:
         times, cpu = _stream(args.impl, model, args.frames + 5)  # the first 5 calls warm up
         out["ms_per_frame"] = 1000 * statistics.median(times[5:])
         out["cpu_ms_per_frame"] = 1000 * statistics.median(cpu[5:])
+        out["first_frame_ms"] = 1000 * times[0]  # includes compilation for `compiled`
+        if args.impl == "compiled":
+            from torch._dynamo.utils import counters
+
+            out["graphs"] = float(counters["stats"]["unique_graphs"])  # 1 = compiled once, never recompiled
     else:
         _batch(args.impl, model, 1)  # warm-up
         enc, dec = _batch(args.impl, model, args.reps)
@@ -134,9 +157,11 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def _run_worker(impl: str, task: str, threads: int, weights: Path, frames: int, reps: int) -> dict:
+def _run_worker(impl: str, task: str, threads: int, weights: Path, frames: int, reps: int,
+                base: Path | None = None) -> dict:
+    root = base if impl == "base" else ROOT
     env = dict(os.environ, NO_TORCH_COMPILE="1", RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(root))
     cmd = [sys.executable, __file__, "--worker", impl, "--task", task, "--threads", str(threads),
            "--weights", str(weights), "--frames", str(frames), "--reps", str(reps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -151,26 +176,45 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--frames", type=int, default=40, help="timed streaming frames per worker")
     p.add_argument("--reps", type=int, default=3, help="timed batch repetitions per worker")
-    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--impls", default=",".join(IMPLS), help=f"among {', '.join(IMPLS + EXTRA_IMPLS)}")
+    p.add_argument("--base", type=Path, default=None, help="checkout whose openmoshi the `base` impl runs")
+    p.add_argument("--jobs", default="stream1,stream2,batch2", help="among stream1, stream2, batch2")
     p.add_argument("--markdown", action="store_true", help="print a markdown table for docs/benchmarks.md")
-    p.add_argument("--worker", choices=IMPLS, dest="impl", help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=IMPLS + EXTRA_IMPLS, dest="impl", help=argparse.SUPPRESS)
     p.add_argument("--task", choices=["stream", "batch"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--make-weights", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.impl:
         worker(args)
         return
+    if args.make_weights:
+        _make_weights(Path(args.make_weights))
+        return
     impls = args.impls.split(",")
+    unknown = sorted(set(impls) - set(IMPLS + EXTRA_IMPLS))
+    if unknown:
+        p.error(f"unknown implementation(s) {unknown}: expected some of {IMPLS + EXTRA_IMPLS}")
+    if "base" in impls and (args.base is None or not (args.base / "openmoshi").is_dir()):
+        p.error("--impls base needs --base DIR, a checkout with an openmoshi package")
+    all_jobs = {"stream1": ("stream", 1), "stream2": ("stream", 2), "batch2": ("batch", 2)}
+    if any(j not in all_jobs for j in args.jobs.split(",")):
+        p.error(f"--jobs: expected some of {sorted(all_jobs)}, got {args.jobs!r}")
+    jobs = [all_jobs[j] for j in args.jobs.split(",")]
     results: dict[tuple[str, str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "mimi.safetensors"
-        _make_weights(weights)
-        jobs = [("stream", 1), ("stream", 2), ("batch", 2)]
+        # In a child process: a worker's peak RSS counts its parent's RSS at fork (Linux folds it in at exec),
+        # so this process must stay small.
+        subprocess.run([sys.executable, __file__, "--make-weights", str(weights)], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
         for r in range(args.rounds):
             for task, threads in jobs:
                 for impl in impls:  # interleaved: each implementation in turn, every round
-                    res = _run_worker(impl, task, threads, weights, args.frames, args.reps)
+                    if impl == "compiled" and task != "stream":
+                        continue
+                    res = _run_worker(impl, task, threads, weights, args.frames, args.reps, args.base)
                     results.setdefault((impl, task, threads), []).append(res)
                     print(f"round {r} {impl:9s} {task} t={threads}: "
                           + ", ".join(f"{k}={v:.1f}" for k, v in res.items() if isinstance(v, float)),
@@ -198,6 +242,7 @@ def _report(results: dict, impls: list[str], markdown: bool) -> None:
         ("streaming, 2 threads (ms / 80 ms frame)", ("stream", 2), "ms_per_frame"),
         ("batch encode 10 s, 2 threads (ms)", ("batch", 2), "encode_10s_ms"),
         ("batch decode 10 s, 2 threads (ms)", ("batch", 2), "decode_10s_ms"),
+        ("first streaming frame, 1 thread (ms; with compilation for `compiled`)", ("stream", 1), "first_frame_ms"),
         ("peak RSS, streaming 2 threads (MB)", ("stream", 2), "peak_rss_mb"),
         ("peak RSS, batch 10 s (MB)", ("batch", 2), "peak_rss_mb"),
     ]

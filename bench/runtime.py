@@ -79,10 +79,12 @@ def load_ours(args, folder: Path):
     from openmoshi.codec.checkpoint import load_safetensors
     from openmoshi.codec.mimi import Mimi
     from openmoshi.lm.checkpoint import load_lm
+    from openmoshi.nn.prepare import prepare_for_inference
 
     mimi = Mimi()
     load_safetensors(mimi, folder / "mimi.safetensors")
-    return mimi.to(DEVICE).eval(), load_lm(folder / "lm.safetensors", lm_config(args), device=DEVICE)
+    mimi = prepare_for_inference(mimi.to(DEVICE).eval())
+    return mimi, load_lm(folder / "lm.safetensors", lm_config(args), device=DEVICE)
 
 
 def load_reference(args, folder: Path):

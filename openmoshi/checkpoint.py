@@ -155,7 +155,9 @@ def load_checkpoint(model: nn.Module, source: str | Path | Mapping[str, Tensor],
 
     Names not among the model's own go through `mapper`. Raises CheckpointError (see the module docstring).
     """
-    targets = model.state_dict()  # detached tensors sharing the model's storage: copy_ loads in place
+    # The live tensors (copied into under no_grad): a prepared model's plain state_dict() hands out contiguous
+    # copies of re-laid weights (openmoshi.nn.prepare), into which a copy would load nothing.
+    targets = model.state_dict(keep_vars=True)
     if isinstance(source, Mapping):
         label = name or "checkpoint"
         plan = plan_checkpoint(targets, {k: tuple(v.shape) for k, v in source.items()}, mapper, label)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, Mapper, Placement, load_checkpoint
+from ..nn.prepare import prepare_for_inference
 from .presets import DEFAULT_MIMI_PRESET, mimi_preset
 
 if TYPE_CHECKING:
@@ -120,4 +121,4 @@ def load_mimi(path: str | Path, preset: str | MimiConfig = DEFAULT_MIMI_PRESET, 
     except (RuntimeError, ValueError, ZeroDivisionError) as err:  # sizes the layers refuse (config.json overrides)
         raise ValueError(f"cannot build Mimi from its config: {err}") from None
     load_safetensors(model, path)
-    return model.to(device=device, dtype=dtype).eval()
+    return prepare_for_inference(model.to(device=device, dtype=dtype).eval())

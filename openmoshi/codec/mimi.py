@@ -9,6 +9,10 @@ Streaming: inside `with streaming(mimi, batch_size):` every call to `encode` tak
 1920-sample frames per row and `decode` any number of code frames; the rows are independent streams, and
 `reset_streaming(mimi, mask)` starts new streams in the chosen rows. Streaming output equals batch output at any
 length and chunking: the attention looks at exactly the last `context` steps in both modes.
+
+Module conventions: `forward(wav)` is the training pass (reconstruction, codes, commitment loss); `init_weights()`
+initialises a model built on the meta device once materialised; the constructor builds the standard layout and
+`openmoshi.nn.prepare.prepare_for_inference(mimi)` applies the inference layout (loaders call it).
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from openmoshi.nn.attention import Attention
 from openmoshi.nn.conv import StreamingConv1d, StreamingConvTranspose1d
+from openmoshi.nn.norms import LayerNorm, LayerScale, RMSNorm
+from openmoshi.nn.prepare import store_transposed
 from openmoshi.nn.transformer import Transformer, TransformerConfig
 
 from .quantizer import QuantizerConfig, SplitResidualVQ
@@ -77,17 +84,28 @@ class MimiConfig:
         )
 
 
-def _store_transposed(module: nn.Module) -> None:
-    """Give every Linear weight [out, in] the memory layout of its transpose (same shape, same values).
+@torch.no_grad()
+def _init_transformer(transformer: Transformer, cfg: TransformerConfig) -> None:
+    for module in transformer.modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+        elif isinstance(module, (LayerNorm, RMSNorm)):
+            module.weight.fill_(1.0)
+            if isinstance(module, LayerNorm):
+                module.bias.zero_()
+        elif isinstance(module, LayerScale):
+            module.scale.fill_(cfg.layer_scale if cfg.layer_scale is not None else 1.0)
 
-    Streaming multiplies 2 rows by each weight, so the weights' memory traffic is the cost: with the weight
-    stored [in, out] contiguous, CPU BLAS reads it ~20% faster than a transposed operand. Loading
-    (copy_) and `.to()` keep the layout; `state_dict()` tensors need `.contiguous()` before saving.
-    """
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            w = layer.weight
-            layer.weight = nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
+
+@dataclass
+class MimiOutput:
+    """What `Mimi.forward` returns (F code frames, T' = F * frame_size >= T: the input is zero-padded)."""
+
+    reconstruction: Tensor  # [B, 1, T'] decoded from the quantized latent
+    codes: Tensor  # [B, K, F] int64
+    commitment_loss: Tensor  # scalar: the quantizer's commitment loss (mean over the K levels)
+    latent: Tensor  # [B, D, F] the encoder's unquantized latent
+    quantized: Tensor  # [B, D, F] its quantized value, straight-through gradient to `latent`
 
 
 class Mimi(nn.Module):
@@ -106,8 +124,39 @@ class Mimi(nn.Module):
         self.upsample = StreamingConvTranspose1d(dim, dim, 2 * stride, stride=stride, groups=dim, bias=False)
         self.decoder_transformer = Transformer(cfg.transformer)
         self.decoder = SEANetDecoder(cfg.seanet)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter and buffer (after `to_empty` of a model built on the meta device).
+
+        Convs ~ N(0, 1/fan_in) with zero biases, transformer linears as torch's nn.Linear, norms to the identity,
+        layer scales to `cfg.transformer.layer_scale`, quantizer as `SplitResidualVQ.init_weights` (random codebooks).
+        """
+        self.encoder.init_weights()
+        self.decoder.init_weights()
+        self.downsample.init_weights()
+        self.upsample.init_weights()
+        self.quantizer.init_weights()
         for transformer in (self.encoder_transformer, self.decoder_transformer):
-            _store_transposed(transformer)
+            _init_transformer(transformer, self.cfg.transformer)
+
+    def prepare_for_inference(self) -> None:
+        """Hook of `openmoshi.nn.prepare.prepare_for_inference`: the transformers' Linear weights stored transposed.
+
+        Streaming multiplies 2 rows by each weight, so reading the weights is the cost, and CPU BLAS reads an
+        [in, out]-contiguous weight faster. Shapes, values and state-dict names are unchanged.
+        Also fills the attention's lazy RoPE table and the codebook caches of the first `cfg.num_codebooks` levels,
+        so that a compiled first step does not fill them (a recompile).
+        """
+        levels = [*self.quantizer.semantic.codebooks, *self.quantizer.acoustic.codebooks]
+        for codebook in levels[:self.cfg.num_codebooks]:
+            codebook.fill_cache()
+        for transformer in (self.encoder_transformer, self.decoder_transformer):
+            for layer in transformer.modules():
+                if isinstance(layer, nn.Linear):
+                    store_transposed(layer)
+                elif isinstance(layer, Attention) and layer.rope_max_period:
+                    layer.rope_freqs(layer.out_proj.weight.device)
 
     @property
     def frame_size(self) -> int:
@@ -141,6 +190,19 @@ class Mimi(nn.Module):
         x = self.encoder(wav.to(self._dtype()))
         x = self.encoder_transformer(x.transpose(1, 2)).transpose(1, 2)
         return self.downsample(x)
+
+    def forward(self, wav: Tensor, num_codebooks: int | None = None) -> MimiOutput:
+        """Training pass (batch mode): wav [B, 1, T] -> reconstruction, codes, commitment loss.
+
+        K = `num_codebooks`, by default all of the quantizer's (training fits every level; `encode` defaults to
+        `cfg.num_codebooks`). Gradients reach every parameter; the codebooks are EMA buffers and stay as they are.
+        """
+        if self.is_streaming:
+            raise RuntimeError("Mimi.forward is the batch training pass; stream with encode/decode")
+        k = self.cfg.quantizer.num_codebooks if num_codebooks is None else num_codebooks
+        latent = self.encode_latent(wav)
+        q = self.quantizer(latent, k)
+        return MimiOutput(self.decode_latent(q.quantized), q.codes, q.commitment_loss, latent, q.quantized)
 
     @torch.no_grad()
     def encode(self, wav: Tensor, num_codebooks: int | None = None) -> Tensor:

@@ -2,6 +2,11 @@
 
 Layouts: latents are [B, D, F] (D = 512 for Mimi, F frames at 12.5 Hz); codes are integer [B, K, F].
 
+`forward` is the training pass: the quantized latent with a straight-through gradient (the encoder and the input
+projections get the gradient of the output as if quantization were the identity), the codes, and the commitment
+loss (mean squared distance between each level's input residual and its chosen entry, entries held fixed). The
+codebooks are EMA buffers, not parameters: no gradient reaches them, and this pass does not update them.
+
 The split RVQ quantises the same latent twice in parallel: one semantic codebook, and a residual stack of
 acoustic codebooks. Each part projects 512 -> 256 with its own 1x1 projection (no bias), takes residuals in the
 256-d space, sums its decoded levels and projects back 256 -> 512; the two parts' outputs are summed.
@@ -9,6 +14,7 @@ acoustic codebooks. Each part projects 512 -> 256 with its own 1x1 projection (n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +46,21 @@ class QuantizerConfig:
         return cls(dimension=32, codebook_dim=16, codebook_size=64, num_semantic=1, num_acoustic=7)
 
 
+@dataclass
+class QuantizerOutput:
+    quantized: Tensor  # [B, dimension, F]: decoded codes, with the straight-through gradient to the latent
+    codes: Tensor  # [B, K, F] int64
+    commitment_loss: Tensor  # scalar: the mean over the K levels of each level's commitment loss
+
+
 class EuclideanCodebook(nn.Module):
     """A codebook stored as EMA statistics: entry i = embedding_sum[i] / max(cluster_usage[i], epsilon).
 
     The division is done once and cached. The cache is keyed on the identity and version counter of both
     buffers, so loading a state dict, moving the module or editing the buffers in place all invalidate it.
+    Under torch.compile that key cannot be traced: a compiled step uses the cache as validated by the last eager
+    call or by `fill_cache` (Mimi's `prepare_for_inference` fills the levels `encode` uses by default), so
+    re-prepare after editing the codebooks; a level without a cache is computed in the compiled step.
     """
 
     def __init__(self, size: int, dim: int, epsilon: float = 1e-5) -> None:
@@ -58,6 +74,18 @@ class EuclideanCodebook(nn.Module):
         self._cache_key: tuple | None = None
         self._cache: tuple[Tensor, Tensor] | None = None
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Random entries ~ N(0, 0.3^2) (usage 1), so that different inputs get different codes.
+
+        0.3: at or below the per-channel scale of a freshly initialised Mimi's projected latent (~0.2-0.8), so the
+        nearest entry depends on the input's direction rather than on the entries' norms.
+        `_initialized` stays 0: the entries are not fitted to data yet (a trainer may replace them, e.g. k-means).
+        """
+        self.embedding_sum.normal_(std=0.3)
+        self.cluster_usage.fill_(1.0)
+        self._initialized.zero_()
+
     def _key(self) -> tuple:
         s, u = self.embedding_sum, self.cluster_usage
         return (s.data_ptr(), s._version, s.dtype, s.device, u.data_ptr(), u._version)
@@ -66,17 +94,26 @@ class EuclideanCodebook(nn.Module):
         self._cache_key = self._cache = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def _compute(self) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            usage = self.cluster_usage.float().clamp(min=self.epsilon)
+            codebook = (self.embedding_sum.float() / usage[:, None]).to(self.embedding_sum.dtype)
+            norms = codebook.pow(2).sum(-1, keepdim=True)
+            augmented = torch.cat([codebook, torch.ones_like(norms), norms], dim=-1)
+        return codebook, augmented.t().contiguous()
+
     def codebook_and_augmented(self) -> tuple[Tensor, Tensor]:
-        """The codebook [N, D] and the augmented codebook [N, D + 2] = [c | 1 | |c|^2] used for distances."""
+        """The codebook [N, D] and the transposed augmented codebook [D + 2, N] ([c | 1 | |c|^2]^T)."""
+        if torch.compiler.is_compiling():  # see the class doc
+            return self._cache if self._cache is not None else self._compute()
         key = self._key()
         if self._cache is None or key != self._cache_key:
-            with torch.no_grad():
-                usage = self.cluster_usage.float().clamp(min=self.epsilon)
-                codebook = (self.embedding_sum.float() / usage[:, None]).to(self.embedding_sum.dtype)
-                norms = codebook.pow(2).sum(-1, keepdim=True)
-                augmented = torch.cat([codebook, torch.ones_like(norms), norms], dim=-1)
-            self._cache, self._cache_key = (codebook, augmented.t().contiguous()), key
+            self._cache, self._cache_key = self._compute(), key
         return self._cache
+
+    def fill_cache(self) -> None:
+        """Compute the cache now (4 MB per Mimi codebook: only for the levels in use)."""
+        self.codebook_and_augmented()
 
     @property
     def codebook(self) -> Tensor:
@@ -111,8 +148,37 @@ class ResidualVQ(nn.Module):
         self.codebooks = nn.ModuleList(
             EuclideanCodebook(cfg.codebook_size, cfg.codebook_dim, cfg.epsilon) for _ in range(num_levels)
         )
+        if not self.input_proj.is_meta:  # a meta-built model is initialised after `to_empty`, by `init_weights`
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Projections ~ N(0, 1/fan_in) (variance-preserving); codebooks as `EuclideanCodebook.init_weights`."""
         for p in (self.input_proj, self.output_proj):
-            nn.init.normal_(p, std=p.shape[1] ** -0.5)
+            p.normal_(std=1 / math.sqrt(p.shape[1]))
+        for codebook in self.codebooks:
+            codebook.init_weights()
+
+    def forward(self, x: Tensor, num_levels: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Training pass: x [B, F, dimension] -> (quantized [B, F, dimension], codes [B, L, F], losses [L]).
+
+        `losses[l]` is the commitment loss of level l: mean squared distance between its input residual and the
+        chosen entry, whose gradient pulls the residual (so the encoder) towards the entry.
+        """
+        b, f, _ = x.shape
+        projected = _project(self.input_proj, x)  # [B, F, codebook_dim]
+        residual, total = projected, torch.zeros_like(projected)
+        codes, losses = [], []
+        for codebook in self.codebooks[:num_levels]:
+            idx = codebook.encode(residual.detach().reshape(b * f, -1)).view(b, f)
+            entry = codebook.decode(idx).to(residual.dtype)  # no gradient: the codebook is a buffer
+            codes.append(idx)
+            losses.append(F.mse_loss(residual, entry))
+            total = total + entry
+            residual = residual - entry
+        # Straight-through: the value of the summed entries, the gradient of the identity.
+        quantized = projected + (total - projected).detach()
+        return _project(self.output_proj, quantized), torch.stack(codes, dim=1), torch.stack(losses)
 
     def encode(self, x: Tensor, num_levels: int) -> Tensor:
         """x [B, F, dimension] (channels last) -> codes [B, num_levels, F]."""
@@ -142,6 +208,22 @@ class SplitResidualVQ(nn.Module):
         self.cfg = cfg
         self.semantic = ResidualVQ(cfg.num_semantic, cfg)
         self.acoustic = ResidualVQ(cfg.num_acoustic, cfg)
+
+    def init_weights(self) -> None:
+        self.semantic.init_weights()
+        self.acoustic.init_weights()
+
+    def forward(self, latent: Tensor, num_codebooks: int | None = None) -> QuantizerOutput:
+        """Training pass: latent [B, dimension, F] -> QuantizerOutput with K = num_codebooks (default: all)."""
+        k = self.cfg.num_codebooks if num_codebooks is None else num_codebooks
+        self._check_k(k)
+        x = latent.transpose(1, 2)
+        n_sem = self.cfg.num_semantic
+        quantized, codes, losses = self.semantic(x, n_sem)
+        if k > n_sem:
+            q_ac, c_ac, l_ac = self.acoustic(x, k - n_sem)
+            quantized, codes, losses = quantized + q_ac, torch.cat([codes, c_ac], 1), torch.cat([losses, l_ac])
+        return QuantizerOutput(quantized.transpose(1, 2), codes, losses.mean())
 
     def _check_k(self, k: int) -> None:
         lo, hi = self.cfg.num_semantic, self.cfg.num_codebooks

@@ -4,7 +4,7 @@ Encoder: waveform [B, 1, T] -> latent [B, D, T / hop] (hop = prod(ratios) = 960 
 Decoder: latent [B, D, L] -> waveform [B, 1, L * hop].
 Each stage is a residual block (ELU, conv k=3 to half width, ELU, conv k=1 back, identity skip) and a strided
 (transposed) conv of kernel 2 * stride that doubles (halves) the channels. Weight norm is folded in the
-released weights, so these are plain convolutions.
+released weights, so these are plain convolutions. `init_weights()` re-initialises every conv (meta-device builds).
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from openmoshi.nn.conv import StreamingConv1d, StreamingConvTranspose1d
+from openmoshi.nn.conv import CausalConvBase, StreamingConv1d, StreamingConvTranspose1d
+
+
+def _init_convs(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, CausalConvBase):
+            m.init_weights()
 
 
 @dataclass
@@ -93,6 +99,9 @@ class SEANetEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.conv_out = StreamingConv1d(width, cfg.dimension, cfg.last_kernel_size)
 
+    def init_weights(self) -> None:
+        _init_convs(self)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(x)
         for stage in self.stages:
@@ -113,6 +122,9 @@ class SEANetDecoder(nn.Module):
             width //= 2
         self.stages = nn.ModuleList(stages)
         self.conv_out = StreamingConv1d(width, cfg.channels, cfg.last_kernel_size)
+
+    def init_weights(self) -> None:
+        _init_convs(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(x)

@@ -16,8 +16,8 @@ from torch import nn
 from .streaming import S, StreamingModule, StreamingState, where_rows
 
 
-class _CausalConv(StreamingModule[S]):
-    """What both causal convs share: shape checks, `weight` / `bias` and their init (uniform in 1/sqrt(fan_in))."""
+class CausalConvBase(StreamingModule[S]):
+    """What both causal convs share: shape checks, `weight` / `bias` and `init_weights`."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
                  bias: bool, transposed: bool, device, dtype) -> None:
@@ -32,29 +32,43 @@ class _CausalConv(StreamingModule[S]):
         rows, cols = (in_channels, out_channels) if transposed else (out_channels, in_channels)
         self.weight = nn.Parameter(torch.empty(rows, cols // groups, kernel_size, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
-        bound = 1 / math.sqrt(self.weight.shape[1] * kernel_size)
-        with torch.no_grad():
-            for p in (self.weight, self.bias):
-                if p is not None and not p.is_meta:
-                    p.uniform_(-bound, bound)
+        if not self.weight.is_meta:  # a meta-built model is initialised after `to_empty`, by `init_weights`
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Weight ~ N(0, 1/fan_in), bias 0: variance-preserving, so a deep stack (SEANet) keeps the signal's scale.
+
+        (torch's default U(+-1/sqrt(fan_in)) shrinks it ~1.7x per conv: Mimi's latent would be ~50x smaller
+        than its input, left to the biases, and every frame would get the same code.)
+        """
+        self.weight.normal_(std=1 / math.sqrt(self.weight.shape[1] * self.kernel_size))
+        if self.bias is not None:
+            self.bias.zero_()
 
 
 @dataclass
 class _ConvState(StreamingState):
-    pending: torch.Tensor  # [B, C, L]: left padding + input samples not yet consumed by a full frame
+    # [B, C, padding + stride - 1], right-aligned: its last `padding + extra` samples are the left padding and the
+    # input samples not yet consumed by a full output frame. Allocated once, written in place.
+    pending: torch.Tensor
     first: torch.Tensor  # [B] bool: no input seen yet (replicate padding is decided on the first call)
+    # Samples held beyond `padding` (0 .. stride - 1), shared by all rows: it only changes with chunks that are
+    # not whole multiples of the stride, so it stays 0 in Mimi's frame steps (a constant for torch.compile).
+    extra: int = 0
 
     def reset(self, mask: torch.Tensor) -> None:
-        self.pending = where_rows(mask, torch.zeros_like(self.pending), self.pending)
-        self.first = self.first | mask
+        self.pending.masked_fill_(mask[:, None, None], 0)
+        self.first.logical_or_(mask)
 
 
-class StreamingConv1d(_CausalConv[_ConvState]):
+class StreamingConv1d(CausalConvBase[_ConvState]):
     """Causal Conv1d: [B, C_in, T] -> [B, C_out, ceil(T / stride)].
 
     Left padding is (kernel_size - 1) * dilation + 1 - stride samples: zeros, or copies of the first sample with
     `pad_mode="replicate"`. Batch mode pads on the right just enough to complete the last frame.
-    With an exec mask in streaming, chunks must be whole multiples of `stride` (the buffer length is shared).
+    Streaming calls whose length is a multiple of `stride` have static shapes (the graph-safe case); other
+    lengths work too, but with an exec mask in streaming chunks must be whole multiples of `stride`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
@@ -83,7 +97,7 @@ class StreamingConv1d(_CausalConv[_ConvState]):
         return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def init_state(self, batch_size: int, exec_mask: torch.Tensor) -> _ConvState:
-        pending = torch.zeros(batch_size, self.in_channels, self.padding,
+        pending = torch.zeros(batch_size, self.in_channels, self.padding + self.stride - 1,
                               device=self.weight.device, dtype=self.weight.dtype)
         first = torch.ones(batch_size, dtype=torch.bool, device=self.weight.device)
         return _ConvState(batch_size, exec_mask, pending, first)
@@ -94,26 +108,29 @@ class StreamingConv1d(_CausalConv[_ConvState]):
         state = self.state
         if state is None:
             return self._forward_batch(x)
-        pending = state.pending
-        if self.pad_mode == "replicate" and pending.shape[-1] == self.padding and x.shape[-1] > 0:
+        capacity = state.pending.shape[-1]
+        held = self.padding + state.extra
+        pending = state.pending[:, :, capacity - held:]
+        if self.pad_mode == "replicate" and state.extra == 0 and x.shape[-1] > 0 and self.padding:
             # Rows starting a stream replicate their first sample, like batch mode does.
             first_pad = x[:, :, :1].expand(-1, -1, self.padding)
             pending = where_rows(state.first, first_pad, pending)
-        full = torch.cat([pending, x], dim=-1) if pending.shape[-1] else x
+        full = torch.cat([pending, x], dim=-1) if held else x
         length = full.shape[-1]
         frames = (length - self.effective_kernel) // self.stride + 1 if length >= self.effective_kernel else 0
-        consumed = frames * self.stride
         if frames > 0:
             used = (frames - 1) * self.stride + self.effective_kernel
             y = self._conv(full[:, :, :used])
         else:
             y = full.new_zeros(full.shape[0], self.out_channels, 0)
-        new_pending = full[:, :, consumed:]
-        if new_pending.shape == state.pending.shape:
-            new_pending = where_rows(state.exec_mask, new_pending, state.pending)
-        state.pending = new_pending.contiguous()
+        rest = full[:, :, frames * self.stride:]  # padding + (new extra) samples, at most `capacity`
+        if rest.shape[-1]:
+            # In place, right-aligned; rows outside the exec mask keep what they held (same length: see class doc).
+            target = state.pending[:, :, capacity - rest.shape[-1]:]
+            target.copy_(where_rows(state.exec_mask, rest, target))
+        state.extra = rest.shape[-1] - self.padding
         if x.shape[-1] > 0:
-            state.first = state.first & ~state.exec_mask
+            state.first.logical_and_(~state.exec_mask)
         return y
 
     def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,13 +147,13 @@ class StreamingConv1d(_CausalConv[_ConvState]):
 
 @dataclass
 class _ConvTrState(StreamingState):
-    partial: torch.Tensor  # [B, C_out, K - stride]: overlap-add tail of the previous call, without bias
+    partial: torch.Tensor  # [B, C_out, K - stride]: overlap-add tail of the previous call, without bias; in place
 
     def reset(self, mask: torch.Tensor) -> None:
-        self.partial = where_rows(mask, torch.zeros_like(self.partial), self.partial)
+        self.partial.masked_fill_(mask[:, None, None], 0)
 
 
-class StreamingConvTranspose1d(_CausalConv[_ConvTrState]):
+class StreamingConvTranspose1d(CausalConvBase[_ConvTrState]):
     """Causal ConvTranspose1d: [B, C_in, T] -> [B, C_out, T * stride].
 
     The raw transposed convolution is (T - 1) * stride + K long; the last K - stride samples depend on future
@@ -181,7 +198,7 @@ class StreamingConvTranspose1d(_CausalConv[_ConvTrState]):
         tail = self.kernel_size - self.stride
         if tail:
             y = torch.cat([y[:, :, :tail] + state.partial, y[:, :, tail:]], dim=-1)
-            state.partial = where_rows(state.exec_mask, y[:, :, out_len:], state.partial).contiguous()
+            state.partial.copy_(where_rows(state.exec_mask, y[:, :, out_len:], state.partial))  # in place
         out = y[:, :, :out_len]
         if self.bias is not None:
             out = out + self.bias[:, None]

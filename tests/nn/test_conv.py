@@ -92,3 +92,38 @@ def test_exec_mask_leaves_skipped_rows_untouched():
 def test_bad_input_shape_is_named():
     with pytest.raises(ValueError, match=r"expected input \[B, 4, T\]"):
         StreamingConv1d(4, 4, 3)(torch.randn(1, 3, 10))
+
+
+def _state_tensors(module) -> list[torch.Tensor]:
+    return [t for m in module.modules() if getattr(m, "state", None) is not None
+            for t in vars(m.state).values() if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("pad_mode", ["constant", "replicate"])
+def test_state_is_allocated_once_and_updated_in_place(pad_mode):
+    # The graph-safe contract: the same state tensors (same storage) from entry to exit, rows in dim 0.
+    model = torch.nn.Sequential(StreamingConv1d(2, 3, 8, stride=4, pad_mode=pad_mode),
+                                StreamingConvTranspose1d(3, 2, 8, stride=4))
+    x = torch.randn(2, 2, 4 * 12)
+    with streaming(model, 2):
+        tensors = _state_tensors(model)
+        ptrs = [t.data_ptr() for t in tensors]
+        assert all(t.shape[0] == 2 for t in tensors)
+        outs = []
+        for i in range(12):  # one stride per call (a "frame"): the shapes never change
+            outs.append(model(x[:, :, 4 * i:4 * (i + 1)]))
+            assert [t.data_ptr() for t in _state_tensors(model)] == ptrs
+        reset_streaming(model, torch.tensor([True, False]))
+        assert [t.data_ptr() for t in _state_tensors(model)] == ptrs
+    torch.testing.assert_close(torch.cat(outs, -1), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_init_weights_after_meta_build():
+    with torch.device("meta"):
+        conv, convtr = StreamingConv1d(8, 16, 5, stride=2), StreamingConvTranspose1d(16, 8, 4, stride=2)
+    for m in (conv, convtr):
+        m.to_empty(device="cpu")
+        m.init_weights()
+        fan_in = m.weight.shape[1] * m.kernel_size
+        assert abs(float(m.weight.detach().std()) * fan_in ** 0.5 - 1) < 0.25  # N(0, 1/fan_in)
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))
