@@ -1,13 +1,20 @@
 """Token sampling for batched logits [B, V]: greedy, temperature, top-k, top-p, without host syncs.
 
-A draw is softmax(logits / temperature) restricted to the top-k (then top-p) candidates, sampled by dividing
-the probabilities by Exp(1) noise and taking the argmax
-(an exact categorical draw with no device-to-host sync).
-The noise comes from a caller-owned `torch.Generator`, so a seeded generator gives reproducible tokens.
+A draw is softmax(logits / temperature) restricted to the top-k (then top-p) candidates, sampled exactly by the
+Gumbel-max trick: the argmax of logits / temperature + Gumbel noise (no device-to-host sync).
+
+Two forms:
+- `sample(logits, cfg, generator)`: one `SamplingConfig` for the whole batch, noise from a `torch.Generator`.
+- `sample_rows(logits, settings, seeds, counters, stream)`: per-row settings (`RowSampling`) and a counter-based
+  random stream per row: the noise of token v is a hash of (row seed, row counter, stream index, v) computed with
+  int64 tensor ops. A row's draw therefore depends only on its own logits, settings, seed and counter, never on
+  the other rows of the batch nor on the order of calls; there is no generator state to carry, and a
+  snapshot of a conversation is just its seed and counter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -70,3 +77,133 @@ def sample(
     if indices is None:
         return choice
     return indices.gather(-1, choice[:, None])[:, 0]
+
+
+# ---- counter-based random numbers ------------------------------------------------------------------------
+# SplitMix64's constants as signed int64 (tensor arithmetic wraps modulo 2^64).
+_GOLDEN = -7046029254386353131  # 0x9e3779b97f4a7c15
+_MIX1 = -4658895280553007687  # 0xbf58476d1ce4e5b9
+_MIX2 = -7723592293110705685  # 0x94d049bb133111eb
+
+
+def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic: clear the sign-extended bits)."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser: a bijective 64-bit hash with full avalanche."""
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in (0, 1), a pure function of (seed, counter, stream, index).
+
+    seeds, counters [N] int64; index [N, M] or [M] int64 -> [N, M] float32 (24 random bits each).
+    """
+    stream_term = (stream + 1) * 0x2545F4914F6CDD1D % (1 << 64)
+    stream_term = stream_term - (1 << 64) if stream_term >= 1 << 63 else stream_term
+    key = _mix(_mix(_mix(seeds + _GOLDEN) + counters * _GOLDEN) + stream_term)
+    bits = _mix(key[:, None] + index * _GOLDEN)
+    return (_shr(bits, 40).float() + 0.5) * (1.0 / (1 << 24))
+
+
+# ---- per-row settings -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Plan:
+    """Host-side shape of a batched draw (fixed while the rows' settings do not change)."""
+
+    all_greedy: bool
+    any_greedy: bool
+    candidates: int  # tokens kept by the top-k pass (sorted); 0: no top-k pass (no row needs one)
+    any_top_p: bool
+
+
+class RowSampling:
+    """Sampling settings of one kind of stream (text or audio) per row, as [B] device tensors.
+
+    Settings are changed on the host (`set`), so which passes a draw needs is known without reading the device.
+    """
+
+    def __init__(self, batch_size: int, default: SamplingConfig, device: torch.device | str) -> None:
+        self.configs = [default] * batch_size
+        self.temperature = torch.ones(batch_size, dtype=torch.float32, device=device)
+        self.top_k = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.top_p = torch.zeros(batch_size, dtype=torch.float32, device=device)
+        self.greedy = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self._plans: dict[int, _Plan] = {}
+        self.set(range(batch_size), default)
+
+    def set(self, rows: Sequence[int] | range, cfg: SamplingConfig) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        for r in rows:
+            self.configs[r] = cfg
+        index = torch.tensor(rows, dtype=torch.long, device=self.temperature.device)
+        self.temperature[index] = cfg.temperature if not cfg.is_greedy else 1.0
+        self.top_k[index] = cfg.top_k
+        self.top_p[index] = cfg.top_p
+        self.greedy[index] = cfg.is_greedy
+        self._plans.clear()
+
+    def take(self, rows: Sequence[int]) -> RowSampling:
+        """The settings of `rows` only (a new RowSampling of len(rows) rows)."""
+        out = RowSampling.__new__(RowSampling)
+        out.configs = [self.configs[r] for r in rows]
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.temperature.device)
+        out.temperature, out.top_k = self.temperature[index], self.top_k[index]
+        out.top_p, out.greedy = self.top_p[index], self.greedy[index]
+        out._plans = {}
+        return out
+
+    def plan(self, vocab: int) -> _Plan:
+        if vocab not in self._plans:
+            sampled = [c for c in self.configs if not c.is_greedy]
+            limited = [c.top_k for c in sampled if 0 < c.top_k < vocab]
+            any_top_p = any(c.top_p > 0.0 for c in sampled)
+            if len(limited) == len(sampled) and sampled:
+                candidates = max(limited)  # every sampled row has a top-k: keep the largest
+            elif limited or any_top_p:
+                candidates = vocab  # a full sort: some rows need ranks over the whole vocabulary
+            else:
+                candidates = 0
+            self._plans[vocab] = _Plan(not sampled, len(sampled) < len(self.configs), candidates, any_top_p)
+        return self._plans[vocab]
+
+
+def sample_rows(
+    logits: torch.Tensor, settings: RowSampling, seeds: torch.Tensor, counters: torch.Tensor, stream: int
+) -> torch.Tensor:
+    """Draw one token per row with the row's own settings: logits [N, V] -> [N] long.
+
+    seeds, counters [N] int64 and `stream` (an index telling apart the draws of one step) select the noise.
+    The noise of a token is keyed by its id, and rows' extra candidates (a larger top-k of another row) get
+    probability 0, so a row's token does not depend on the other rows.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [N, V], got shape {list(logits.shape)}")
+    N, V = logits.shape
+    plan = settings.plan(V)
+    argmax = logits.argmax(dim=-1)
+    if plan.all_greedy:
+        return argmax
+    x = logits.float() / settings.temperature[:, None]
+    ids = None
+    if plan.candidates:
+        x, ids = x.topk(plan.candidates, dim=-1)  # sorted, descending
+        rank = torch.arange(plan.candidates, device=x.device)
+        k = torch.where(settings.top_k > 0, settings.top_k, plan.candidates)
+        x = x.masked_fill(rank[None, :] >= k[:, None], float("-inf"))
+        if plan.any_top_p:
+            probs = torch.softmax(x, dim=-1)
+            before = probs.cumsum(dim=-1) - probs  # keep the smallest prefix reaching top_p (the first stays)
+            top_p = settings.top_p[:, None]
+            x = x.masked_fill((before > top_p) & (top_p > 0), float("-inf"))
+    index = ids if ids is not None else torch.arange(V, device=x.device)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, counters, stream, index)))
+    choice = (x + gumbel).argmax(dim=-1)
+    token = choice if ids is None else ids.gather(-1, choice[:, None])[:, 0]
+    return torch.where(settings.greedy, argmax, token) if plan.any_greedy else token
