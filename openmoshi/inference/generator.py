@@ -33,7 +33,7 @@ import torch
 from ..lm.model import LMModel
 from ..nn import streaming as st
 from ..nn.streaming import StatePatch, StreamingSnapshot, reset_streaming, set_exec_mask, streaming
-from .sampling import RowSampling, SamplingConfig, sample_rows
+from .sampling import RowSampling, SamplingConfig, sample_rows, seed_key, step_keys
 
 UNGENERATED = -2
 TEXT_STREAM = 0  # noise stream of the text token; audio codebook k uses 1 + k
@@ -94,8 +94,8 @@ class LMGenerator:
         self._seed_sequence = random.Random(seed)
         self.text_rows = RowSampling(batch_size, self.text_sampling, device)
         self.audio_rows = RowSampling(batch_size, self.audio_sampling, device)
-        self.text_seeds = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.audio_seeds = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.text_keys = torch.zeros(batch_size, dtype=torch.long, device=device)  # seed_key of each row's seeds
+        self.audio_keys = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._seeds: list[tuple[int, int]] = [(0, 0)] * batch_size
         for r in range(batch_size):
             self.set_row_sampling(r)
@@ -185,9 +185,9 @@ class LMGenerator:
             s = seed if seed is not None else self._seed_sequence.getrandbits(63)
             a = audio_seed if audio_seed is not None else s
             self._seeds[r] = (s, a)
-        index = torch.tensor(rows, dtype=torch.long, device=self.text_seeds.device)
-        self.text_seeds[index] = torch.tensor([_int64(self._seeds[r][0]) for r in rows], device=index.device)
-        self.audio_seeds[index] = torch.tensor([_int64(self._seeds[r][1]) for r in rows], device=index.device)
+        index = torch.tensor(rows, dtype=torch.long, device=self.text_keys.device)
+        self.text_keys[index] = torch.tensor([seed_key(self._seeds[r][0]) for r in rows], device=index.device)
+        self.audio_keys[index] = torch.tensor([seed_key(self._seeds[r][1]) for r in rows], device=index.device)
 
     def row_settings(self, row: int) -> RowSettings:
         """The sampling settings and seeds of `row` (host-side, no device read)."""
@@ -222,8 +222,8 @@ class LMGenerator:
         zeros = torch.zeros(n, dtype=torch.long, device=index.device)
         text_rows, audio_rows = self.text_rows.take(rows), self.audio_rows.take(rows)
         logits = self._first_text_logits[None].expand(n, -1)
-        text = sample_rows(logits, text_rows, self.text_seeds[index], zeros, TEXT_STREAM)
-        sampler = _AudioSampler(audio_rows, self.audio_seeds[index], zeros)
+        text = sample_rows(logits, text_rows, step_keys(self.text_keys[index], zeros), TEXT_STREAM)
+        sampler = _AudioSampler(audio_rows, step_keys(self.audio_keys[index], zeros))
         audio = self.model.depformer.generate(self._first_h[None].expand(n, -1), text, sampler,
                                               self.model.depformer.new_cache(n))
         self.offsets[index] = 1
@@ -265,8 +265,8 @@ class LMGenerator:
         tokens = torch.where(is_init[..., None], self.initial[None, :, None], cache.gather(2, read))
 
         h, text_logits = self.model.forward_temporal(tokens)
-        text = sample_rows(text_logits[:, 0], self.text_rows, self.text_seeds, offsets, TEXT_STREAM)
-        sampler = _AudioSampler(self.audio_rows, self.audio_seeds, offsets)
+        text = sample_rows(text_logits[:, 0], self.text_rows, step_keys(self.text_keys, offsets), TEXT_STREAM)
+        sampler = _AudioSampler(self.audio_rows, step_keys(self.audio_keys, offsets))
         audio = self.model.depformer.generate(h[:, 0], text, sampler, self.depth_cache)
         self.last_sampled = (text, audio)
 
@@ -331,15 +331,9 @@ class LMGenerator:
 class _AudioSampler:
     """The depth transformer's sample_fn: codebook k (the k-th call) draws from noise stream 1 + k."""
 
-    def __init__(self, settings: RowSampling, seeds: torch.Tensor, counters: torch.Tensor) -> None:
-        self.settings, self.seeds, self.counters, self.calls = settings, seeds, counters, 0
+    def __init__(self, settings: RowSampling, keys: torch.Tensor) -> None:
+        self.settings, self.keys, self.calls = settings, keys, 0
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return sample_rows(logits, self.settings, self.seeds, self.counters, TEXT_STREAM + self.calls)
-
-
-def _int64(value: int) -> int:
-    """An int as the signed int64 with the same low 64 bits."""
-    value %= 1 << 64
-    return value - (1 << 64) if value >= 1 << 63 else value
+        return sample_rows(logits, self.settings, self.keys, TEXT_STREAM + self.calls)

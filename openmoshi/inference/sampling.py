@@ -5,11 +5,12 @@ Gumbel-max trick: the argmax of logits / temperature + Gumbel noise (no device-t
 
 Two forms:
 - `sample(logits, cfg, generator)`: one `SamplingConfig` for the whole batch, noise from a `torch.Generator`.
-- `sample_rows(logits, settings, seeds, counters, stream)`: per-row settings (`RowSampling`) and a counter-based
-  random stream per row: the noise of token v is a hash of (row seed, row counter, stream index, v) computed with
-  int64 tensor ops. A row's draw therefore depends only on its own logits, settings, seed and counter, never on
-  the other rows of the batch nor on the order of calls; there is no generator state to carry, and a
-  snapshot of a conversation is just its seed and counter.
+- `sample_rows(logits, settings, keys, stream)`: per-row settings (`RowSampling`) and a counter-based random
+  stream per row: the noise of token v is a hash of (row seed, row step counter, stream index, v) computed with
+  int64 tensor ops (SplitMix64's mixer; keys = `step_keys(seed_key(seed), counter)`). A row's draw therefore
+  depends only on its own logits, settings, seed and counter, never on the other rows of the batch nor on the
+  order of calls; there is no generator state to carry, and a snapshot of a conversation is just its seed and
+  counter.
 """
 
 from __future__ import annotations
@@ -98,27 +99,43 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
-def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, stream: int, index: torch.Tensor) -> torch.Tensor:
-    """Uniform numbers in (0, 1), a pure function of (seed, counter, stream, index).
+def seed_key(seed: int) -> int:
+    """A row's seed, hashed on the host into the int64 key its random stream starts from."""
+    x = (seed + 0x9E3779B97F4A7C15) % (1 << 64)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    x ^= x >> 31
+    return x - (1 << 64) if x >= 1 << 63 else x
 
-    seeds, counters [N] int64; index [N, M] or [M] int64 -> [N, M] float32 (24 random bits each).
+
+def step_keys(seed_keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """The key of each row's draws at its step `counters`: seed_keys, counters [N] int64 -> [N] int64."""
+    return _mix(seed_keys + counters * _GOLDEN)
+
+
+def uniform_noise(keys: torch.Tensor, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in (0, 1), a pure function of (row key, stream, index).
+
+    keys [N] int64 (from `step_keys`); index [N, M] or [M] int64 -> [N, M] float32 (24 random bits each).
     """
     stream_term = (stream + 1) * 0x2545F4914F6CDD1D % (1 << 64)
     stream_term = stream_term - (1 << 64) if stream_term >= 1 << 63 else stream_term
-    key = _mix(_mix(_mix(seeds + _GOLDEN) + counters * _GOLDEN) + stream_term)
-    bits = _mix(key[:, None] + index * _GOLDEN)
+    bits = _mix((keys + stream_term)[:, None] + index * _GOLDEN)
     return (_shr(bits, 40).float() + 0.5) * (1.0 / (1 << 24))
 
 
 # ---- per-row settings -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Plan:
-    """Host-side shape of a batched draw (fixed while the rows' settings do not change)."""
+    """Host-side shape of a batched draw (fixed while the rows' settings do not change), with the device
+    tensors it needs."""
 
     all_greedy: bool
     any_greedy: bool
     candidates: int  # tokens kept by the top-k pass (sorted); 0: no top-k pass (no row needs one)
     any_top_p: bool
+    drop: torch.Tensor | None  # [N, candidates] bool: ranks past the row's top-k
+    no_top_p: torch.Tensor | None  # [N, 1] bool: rows without top-p
 
 
 class RowSampling:
@@ -170,40 +187,42 @@ class RowSampling:
                 candidates = vocab  # a full sort: some rows need ranks over the whole vocabulary
             else:
                 candidates = 0
-            self._plans[vocab] = _Plan(not sampled, len(sampled) < len(self.configs), candidates, any_top_p)
+            drop = no_top_p = None
+            if candidates:
+                rank = torch.arange(candidates, device=self.top_k.device)
+                k = torch.where(self.top_k > 0, self.top_k, candidates)
+                drop = rank[None, :] >= k[:, None]
+                no_top_p = (self.top_p <= 0)[:, None]
+            self._plans[vocab] = _Plan(not sampled, len(sampled) < len(self.configs), candidates, any_top_p,
+                                       drop, no_top_p)
         return self._plans[vocab]
 
 
-def sample_rows(
-    logits: torch.Tensor, settings: RowSampling, seeds: torch.Tensor, counters: torch.Tensor, stream: int
-) -> torch.Tensor:
+def sample_rows(logits: torch.Tensor, settings: RowSampling, keys: torch.Tensor, stream: int) -> torch.Tensor:
     """Draw one token per row with the row's own settings: logits [N, V] -> [N] long.
 
-    seeds, counters [N] int64 and `stream` (an index telling apart the draws of one step) select the noise.
-    The noise of a token is keyed by its id, and rows' extra candidates (a larger top-k of another row) get
-    probability 0, so a row's token does not depend on the other rows.
+    keys [N] int64 (`step_keys` of the rows' seeds and step counters) and `stream` (an index telling apart
+    the draws of one step) select the noise. The noise of a token is keyed by its id, and a row's extra
+    candidates (a larger top-k of another row) get probability 0, so a row's token does not depend on the
+    other rows.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [N, V], got shape {list(logits.shape)}")
-    N, V = logits.shape
+    V = logits.shape[1]
     plan = settings.plan(V)
-    argmax = logits.argmax(dim=-1)
     if plan.all_greedy:
-        return argmax
+        return logits.argmax(dim=-1)
     x = logits.float() / settings.temperature[:, None]
     ids = None
     if plan.candidates:
         x, ids = x.topk(plan.candidates, dim=-1)  # sorted, descending
-        rank = torch.arange(plan.candidates, device=x.device)
-        k = torch.where(settings.top_k > 0, settings.top_k, plan.candidates)
-        x = x.masked_fill(rank[None, :] >= k[:, None], float("-inf"))
+        x = x.masked_fill(plan.drop, float("-inf"))
         if plan.any_top_p:
             probs = torch.softmax(x, dim=-1)
             before = probs.cumsum(dim=-1) - probs  # keep the smallest prefix reaching top_p (the first stays)
-            top_p = settings.top_p[:, None]
-            x = x.masked_fill((before > top_p) & (top_p > 0), float("-inf"))
+            x = x.masked_fill((before > settings.top_p[:, None]) & ~plan.no_top_p, float("-inf"))
     index = ids if ids is not None else torch.arange(V, device=x.device)
-    gumbel = -torch.log(-torch.log(uniform_noise(seeds, counters, stream, index)))
-    choice = (x + gumbel).argmax(dim=-1)
+    # Gumbel-max: argmax(x + g), g = -log(-log(u)).
+    choice = (x - torch.log(-torch.log(uniform_noise(keys, stream, index)))).argmax(dim=-1)
     token = choice if ids is None else ids.gather(-1, choice[:, None])[:, 0]
-    return torch.where(settings.greedy, argmax, token) if plan.any_greedy else token
+    return torch.where(settings.greedy, logits.argmax(dim=-1), token) if plan.any_greedy else token

@@ -131,3 +131,28 @@ def test_snapshot_of_a_row_that_just_joined(models):
     for t in range(4):
         assert_same(row(outs[t], 1), ref[t], t)
         assert (outs[t].text[0] == -2) and outs[t].pcm[0].abs().sum() == 0
+
+
+def test_steps_and_joins_make_no_host_sync(models, monkeypatch):
+    """Session steps, joins (per-row settings), leaves and snapshots never read a tensor value on the host."""
+    fs = models.mimi.frame_size
+    frames = user_audio(7, 2, 12, fs)
+    with DuplexSession(models.mimi, models.lm, 2, seed=0, start_all=False) as s:
+        s.join(0)
+        s.step(frames[0])  # outside the guard: lazily built caches (RoPE frequencies)
+
+        def sync(*_args, **_kwargs):
+            raise AssertionError("host sync in the session")
+
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy"):
+            monkeypatch.setattr(torch.Tensor, name, sync)
+        for t in range(1, 7):
+            if t == 2:
+                s.join(1, text_sampling=SamplingConfig(0.5, 5, 0.9), seed=7)
+            if t == 4:
+                snap = s.get_state(1)
+                s.leave(1)
+                s.set_state(1, snap)
+            out = s.step(frames[t])
+        monkeypatch.undo()
+    assert (out.audio >= 0).all()
