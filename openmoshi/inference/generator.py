@@ -68,14 +68,20 @@ class GeneratorSnapshot:
     settings: RowSettings
     steps: int  # the source generator's host-side step count (a bound on the offset)
 
+    def to(self, device: torch.device | str) -> GeneratorSnapshot:
+        """A copy on `device` (e.g. "cpu" to park a conversation off the accelerator)."""
+        return GeneratorSnapshot(self.transformer.to(device), self.tokens.to(device), self.offset.to(device),
+                                 self.settings, self.steps)
+
 
 class LMGenerator:
     """Streaming generation with `model` for `batch_size` conversations.
 
     Use as a context manager (or call `close()`): it holds the model's streaming state. One model can serve
     one generator at a time. Sampling: `text_sampling` (default temperature 0.7, top-k 25) and
-    `audio_sampling` (0.8, 250) are every row's defaults; `seed` seeds the sequence of per-row seeds drawn for
-    rows started without one (None: a random sequence). `set_row_sampling` / `start` change a row's.
+    `audio_sampling` (0.8, 250) are every row's defaults. Row r starts with seed + r (None: a random base);
+    rows (re)started without a seed take the next of the sequence seed, seed + 1, ..., so a one-row
+    generator's (or session's) conversation has `seed` itself. `set_row_sampling` / `start` change a row's.
     """
 
     def __init__(
@@ -91,14 +97,14 @@ class LMGenerator:
         self.text_sampling = text_sampling or SamplingConfig.text_default()
         self.audio_sampling = audio_sampling or SamplingConfig.audio_default()
         device = model.device
-        self._seed_sequence = random.Random(seed)
+        self._next_seed = seed if seed is not None else random.SystemRandom().getrandbits(63)
         self.text_rows = RowSampling(batch_size, self.text_sampling, device)
         self.audio_rows = RowSampling(batch_size, self.audio_sampling, device)
         self.text_keys = torch.zeros(batch_size, dtype=torch.long, device=device)  # seed_key of each row's seeds
         self.audio_keys = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._seeds: list[tuple[int, int]] = [(0, 0)] * batch_size
         for r in range(batch_size):
-            self.set_row_sampling(r)
+            self.set_row_sampling(r, seed=self._next_seed + r)  # the sequence itself still starts at `seed`
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(streaming(model.transformer, batch_size))
         self.depth_cache = model.depformer.new_cache(batch_size)
@@ -177,12 +183,14 @@ class LMGenerator:
     ) -> None:
         """Sampling of `rows` from their next draw: None settings are the generator's defaults; `seed` seeds the
         text stream and, unless `audio_seed` is given, the audio streams (None: the next seed of the
-        generator's sequence). Seeds are any int (taken modulo 2^64)."""
+        generator's sequence: one per row). Seeds are any int (taken modulo 2^64)."""
         rows = self._rows(rows)
         self.text_rows.set(rows, text or self.text_sampling)
         self.audio_rows.set(rows, audio or self.audio_sampling)
         for r in rows:
-            s = seed if seed is not None else self._seed_sequence.getrandbits(63)
+            s = seed
+            if s is None:
+                s, self._next_seed = self._next_seed, self._next_seed + 1
             a = audio_seed if audio_seed is not None else s
             self._seeds[r] = (s, a)
         index = torch.tensor(rows, dtype=torch.long, device=self.text_keys.device)
@@ -305,8 +313,7 @@ class LMGenerator:
 
     # ---- snapshots ---------------------------------------------------------------------------------------
     def get_state(self, row: int) -> GeneratorSnapshot:
-        """A copy of the conversation in `row` (on the generator's device; `.to`-free: move the tensors
-        yourself if parking it elsewhere)."""
+        """A copy of the conversation in `row` (on the generator's device; `.to(device)` moves it)."""
         (row,) = self._rows(row)
         return GeneratorSnapshot(
             st.get_state(self.model.transformer, [row]), self.cache[row].clone(), self.offsets[row].clone(),

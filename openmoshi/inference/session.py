@@ -65,6 +65,11 @@ class SessionSnapshot:
     gen_steps: int  # generator steps of the conversation so far
     prime: tuple[torch.Tensor, torch.Tensor] | None  # output of the first step, when no frame was stepped yet
 
+    def to(self, device: torch.device | str) -> SessionSnapshot:
+        """A copy on `device` (e.g. "cpu" to park a conversation off the accelerator)."""
+        prime = None if self.prime is None else (self.prime[0].to(device), self.prime[1].to(device))
+        return SessionSnapshot(self.mimi.to(device), self.generator.to(device), self.gen_steps, prime)
+
 
 def moshi_codebooks(lm: LMModel) -> int:
     """How many of the generated audio streams are Moshi's own (decoded to audio).

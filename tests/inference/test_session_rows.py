@@ -156,3 +156,26 @@ def test_steps_and_joins_make_no_host_sync(models, monkeypatch):
             out = s.step(frames[t])
         monkeypatch.undo()
     assert (out.audio >= 0).all()
+
+
+def test_seed_sequence_and_row_settings(models):
+    """Row r of a session starts with seed + r; later joins without a seed continue the sequence; a one-row
+    session's conversation has the seed itself (as `openmoshi chat --seed`)."""
+    with DuplexSession(models.mimi, models.lm, 3, seed=42) as s:
+        assert [s.generator.row_settings(r).text_seed for r in range(3)] == [42, 43, 44]
+        s.join(1)
+        s.join(2, text_sampling=GREEDY, seed=7, audio_seed=8)
+        assert s.generator.row_settings(1).audio_seed == 45
+        settings = s.generator.row_settings(2)
+        assert (settings.text, settings.text_seed, settings.audio_seed) == (GREEDY, 7, 8)
+        assert settings.audio == SamplingConfig.audio_default()
+        snap = s.get_state(2).to("cpu")
+        s.set_state(0, snap)
+        assert s.generator.row_settings(0) == settings
+    fs = models.mimi.frame_size
+    frames = user_audio(4, 1, 13, fs)
+    with DuplexSession(models.mimi, models.lm, 1, seed=42) as s:
+        assert s.generator.row_settings(0).text_seed == 42
+        outs = [row(s.step(f), 0) for f in frames]
+    for a, b in zip(outs, alone(models, frames[:, 0], seed=42), strict=True):
+        assert_same(a, b, "seed")
