@@ -7,7 +7,12 @@ runs in batch (whole-sequence) mode.
 Rows of a streaming batch are independent conversations/streams:
 - `reset_streaming(module, mask)` resets the rows where `mask` [B] is True (a new stream in that slot);
 - `set_exec_mask(module, mask)` marks the rows that really execute the next calls; the others are computed
-  (the batch stays rectangular) but their state is left untouched, as if the call never happened.
+  (the batch stays rectangular) but their state is left untouched, as if the call never happened;
+- `get_state(module, rows)` copies the rows' state out (a `StreamingSnapshot`) and `set_state(module, rows,
+  snapshot)` writes it back, into the same rows or others: a conversation can be parked, moved or replayed;
+- a `StatePatch` holds what one computation from a reset row always leaves in the state (found by running it
+  from two different fills); applied to any rows, it replays that computation there without running it.
+Per-row state is, by convention, every state tensor whose dim 0 is the batch; layers update it in place.
 """
 
 from __future__ import annotations
