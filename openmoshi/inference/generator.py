@@ -33,7 +33,7 @@ import torch
 from ..lm.model import LMModel
 from ..nn import streaming as st
 from ..nn.streaming import StatePatch, StreamingSnapshot, reset_streaming, set_exec_mask, streaming
-from .sampling import RowSampling, SamplingConfig, sample_rows, seed_key, step_keys
+from .sampling import RowSampling, SamplingConfig, draw_keys, sample_rows, seed_key
 
 UNGENERATED = -2
 TEXT_STREAM = 0  # noise stream of the text token; audio codebook k uses 1 + k
@@ -230,8 +230,9 @@ class LMGenerator:
         zeros = torch.zeros(n, dtype=torch.long, device=index.device)
         text_rows, audio_rows = self.text_rows.take(rows), self.audio_rows.take(rows)
         logits = self._first_text_logits[None].expand(n, -1)
-        text = sample_rows(logits, text_rows, step_keys(self.text_keys[index], zeros), TEXT_STREAM)
-        sampler = _AudioSampler(audio_rows, step_keys(self.audio_keys[index], zeros))
+        text_keys, audio_keys = self._draw_keys(self.text_keys[index], self.audio_keys[index], zeros)
+        text = sample_rows(logits, text_rows, text_keys)
+        sampler = _AudioSampler(audio_rows, audio_keys)
         audio = self.model.depformer.generate(self._first_h[None].expand(n, -1), text, sampler,
                                               self.model.depformer.new_cache(n))
         self.offsets[index] = 1
@@ -273,8 +274,9 @@ class LMGenerator:
         tokens = torch.where(is_init[..., None], self.initial[None, :, None], cache.gather(2, read))
 
         h, text_logits = self.model.forward_temporal(tokens)
-        text = sample_rows(text_logits[:, 0], self.text_rows, step_keys(self.text_keys, offsets), TEXT_STREAM)
-        sampler = _AudioSampler(self.audio_rows, step_keys(self.audio_keys, offsets))
+        text_keys, audio_keys = self._draw_keys(self.text_keys, self.audio_keys, offsets)
+        text = sample_rows(text_logits[:, 0], self.text_rows, text_keys)
+        sampler = _AudioSampler(self.audio_rows, audio_keys)
         audio = self.model.depformer.generate(h[:, 0], text, sampler, self.depth_cache)
         self.last_sampled = (text, audio)
 
@@ -297,6 +299,13 @@ class LMGenerator:
             not_ready = not_ready | ~active
         out = out.masked_fill(not_ready[:, None], UNGENERATED)
         return StepOutput(out[:, 0], out[:, 1:])
+
+    def _draw_keys(self, text_seed_keys: torch.Tensor, audio_seed_keys: torch.Tensor, counters: torch.Tensor,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys of one step's draws: text [N] (stream 0), audio [N, dep_q] (codebook k: stream 1 + k)."""
+        n, dq = counters.shape[0], self.cfg.dep_q
+        keys = draw_keys(torch.cat([text_seed_keys, audio_seed_keys]), counters.repeat(2), range(1 + dq))
+        return keys[:n, TEXT_STREAM], keys[n:, 1:]
 
     def _set_active(self, active: torch.Tensor | None) -> torch.Tensor | None:
         if active is None:
@@ -336,11 +345,11 @@ class LMGenerator:
 
 
 class _AudioSampler:
-    """The depth transformer's sample_fn: codebook k (the k-th call) draws from noise stream 1 + k."""
+    """The depth transformer's sample_fn: codebook k (the k-th call) draws with keys [:, k] ([N, dep_q])."""
 
     def __init__(self, settings: RowSampling, keys: torch.Tensor) -> None:
         self.settings, self.keys, self.calls = settings, keys, 0
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return sample_rows(logits, self.settings, self.keys, TEXT_STREAM + self.calls)
+        return sample_rows(logits, self.settings, self.keys[:, self.calls - 1])

@@ -5,9 +5,9 @@ Gumbel-max trick: the argmax of logits / temperature + Gumbel noise (no device-t
 
 Two forms:
 - `sample(logits, cfg, generator)`: one `SamplingConfig` for the whole batch, noise from a `torch.Generator`.
-- `sample_rows(logits, settings, keys, stream)`: per-row settings (`RowSampling`) and a counter-based random
-  stream per row: the noise of token v is a hash of (row seed, row step counter, stream index, v) computed with
-  int64 tensor ops (SplitMix64's mixer; keys = `step_keys(seed_key(seed), counter)`). A row's draw therefore
+- `sample_rows(logits, settings, keys)`: per-row settings (`RowSampling`) and a counter-based random stream per
+  row: the noise of token v is a hash of (row seed, row step counter, stream index, v) computed with int64
+  tensor ops (SplitMix64's mixer; keys = `draw_keys(seed_key(seed), counter, streams)`). A row's draw therefore
   depends only on its own logits, settings, seed and counter, never on the other rows of the batch nor on the
   order of calls; there is no generator state to carry, and a snapshot of a conversation is just its seed and
   counter.
@@ -99,29 +99,74 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
+def _signed(value: int) -> int:
+    """The int64 with the same low 64 bits as `value`."""
+    value %= 1 << 64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def seed_key(seed: int) -> int:
-    """A row's seed, hashed on the host into the int64 key its random stream starts from."""
+    """A row's seed, hashed on the host (SplitMix64) into the int64 its random stream starts from."""
     x = (seed + 0x9E3779B97F4A7C15) % (1 << 64)
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % (1 << 64)
-    x ^= x >> 31
-    return x - (1 << 64) if x >= 1 << 63 else x
+    return _signed(x ^ (x >> 31))
 
 
-def step_keys(seed_keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
-    """The key of each row's draws at its step `counters`: seed_keys, counters [N] int64 -> [N] int64."""
-    return _mix(seed_keys + counters * _GOLDEN)
+def _stream_term(stream: int) -> int:
+    return _signed((stream + 1) * 0x2545F4914F6CDD1D)
 
 
-def uniform_noise(keys: torch.Tensor, stream: int, index: torch.Tensor) -> torch.Tensor:
-    """Uniform numbers in (0, 1), a pure function of (row key, stream, index).
+_TERMS: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
 
-    keys [N] int64 (from `step_keys`); index [N, M] or [M] int64 -> [N, M] float32 (24 random bits each).
+
+def draw_keys(seed_keys: torch.Tensor, counters: torch.Tensor, streams: Sequence[int] | range) -> torch.Tensor:
+    """The keys of a step's draws: seed_keys (`seed_key` of each row's seed), counters (each row's step) [N]
+    int64 -> [N, len(streams)] int64, one key per row and stream (the draws of one step: text, codebooks).
+
+    Every bit of a key depends on every bit of (seed, counter, stream): all the mixing is done here, once per
+    step on [N]-sized tensors, so that a draw adds only a few ops per candidate token."""
+    key = (tuple(streams), seed_keys.device)
+    terms = _TERMS.get(key)
+    if terms is None:  # made once: a per-step host-to-device copy would not fit a captured (CUDA graph) step
+        terms = _TERMS[key] = torch.tensor([_stream_term(s) for s in key[0]], dtype=torch.long, device=key[1])
+    step = _mix(seed_keys + counters * _GOLDEN)
+    return _mix(step[:, None] + terms) * _MIX1
+
+
+_ID_STEP = _signed(_GOLDEN * _MIX1)  # consecutive token ids step by this (odd) after the multiply
+
+
+def _element_bits(keys: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """64 hashed bits per (row, token): keys [N] (from `draw_keys`), index [N, M] or [M] -> [N, M] int64.
+
+    A Weyl sequence over token ids offset by the row's key, then a xorshift-multiply round whose high bits are
+    used (`bits_to_uniform`). The shift is arithmetic (one op fewer than a logical one): x and ~x then give the
+    same bits, a collision between two tokens of one draw only if their ids sum to one 64-bit value."""
+    x = torch.add(keys[:, None], index, alpha=_ID_STEP)
+    return (x ^ (x >> 32)) * _MIX2
+
+
+_HALF_STEP: dict[torch.device, torch.Tensor] = {}
+
+
+def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
+    """int64 bits -> float32 in (0, 1) from the top 23 bits: (k + 0.5) / 2^23, k in [0, 2^23).
+
+    23, not 24: (k + 0.5) must be exact in float32's 24-bit mantissa, so that no value rounds to 1.0 (whose
+    Gumbel noise would be infinite); the largest, 1 - 2^-24, is the float just below 1."""
+    offset = _HALF_STEP.get(bits.device)
+    if offset is None:
+        offset = _HALF_STEP[bits.device] = torch.tensor((2**22 + 0.5) / 2**23, device=bits.device)
+    return torch.add(offset, bits >> 41, alpha=1.0 / 2**23)  # arithmetic shift: k - 2^22 in [-2^22, 2^22)
+
+
+def uniform_noise(keys: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in (0, 1), a pure function of (row key, index).
+
+    keys [N] int64 (a column of `draw_keys`); index [N, M] or [M] int64 -> [N, M] float32 (23 random bits).
     """
-    stream_term = (stream + 1) * 0x2545F4914F6CDD1D % (1 << 64)
-    stream_term = stream_term - (1 << 64) if stream_term >= 1 << 63 else stream_term
-    bits = _mix((keys + stream_term)[:, None] + index * _GOLDEN)
-    return (_shr(bits, 40).float() + 0.5) * (1.0 / (1 << 24))
+    return bits_to_uniform(_element_bits(keys, index))
 
 
 # ---- per-row settings -------------------------------------------------------------------------------------
@@ -134,8 +179,8 @@ class _Plan:
     any_greedy: bool
     candidates: int  # tokens kept by the top-k pass (sorted); 0: no top-k pass (no row needs one)
     any_top_p: bool
-    drop: torch.Tensor | None  # [N, candidates] bool: ranks past the row's top-k
-    no_top_p: torch.Tensor | None  # [N, 1] bool: rows without top-p
+    drop: torch.Tensor | None  # [N, candidates] bool: ranks past the row's top-k (None: nothing to drop)
+    has_top_p: torch.Tensor | None  # [N, 1] bool: rows with top-p
 
 
 class RowSampling:
@@ -187,22 +232,22 @@ class RowSampling:
                 candidates = vocab  # a full sort: some rows need ranks over the whole vocabulary
             else:
                 candidates = 0
-            drop = no_top_p = None
-            if candidates:
+            drop = has_top_p = None
+            if candidates and any(0 < c.top_k < candidates for c in sampled):
                 rank = torch.arange(candidates, device=self.top_k.device)
-                k = torch.where(self.top_k > 0, self.top_k, candidates)
-                drop = rank[None, :] >= k[:, None]
-                no_top_p = (self.top_p <= 0)[:, None]
+                drop = rank[None, :] >= torch.where(self.top_k > 0, self.top_k, candidates)[:, None]
+            if any_top_p:
+                has_top_p = (self.top_p > 0)[:, None]
             self._plans[vocab] = _Plan(not sampled, len(sampled) < len(self.configs), candidates, any_top_p,
-                                       drop, no_top_p)
+                                       drop, has_top_p)
         return self._plans[vocab]
 
 
-def sample_rows(logits: torch.Tensor, settings: RowSampling, keys: torch.Tensor, stream: int) -> torch.Tensor:
+def sample_rows(logits: torch.Tensor, settings: RowSampling, keys: torch.Tensor) -> torch.Tensor:
     """Draw one token per row with the row's own settings: logits [N, V] -> [N] long.
 
-    keys [N] int64 (`step_keys` of the rows' seeds and step counters) and `stream` (an index telling apart
-    the draws of one step) select the noise. The noise of a token is keyed by its id, and a row's extra
+    keys [N] int64 (a column of `draw_keys`: the rows' seeds and step counters, and which draw of the step
+    this is) select the noise. The noise of a token is keyed by its id, and a row's extra
     candidates (a larger top-k of another row) get probability 0, so a row's token does not depend on the
     other rows.
     """
@@ -216,13 +261,14 @@ def sample_rows(logits: torch.Tensor, settings: RowSampling, keys: torch.Tensor,
     ids = None
     if plan.candidates:
         x, ids = x.topk(plan.candidates, dim=-1)  # sorted, descending
-        x = x.masked_fill(plan.drop, float("-inf"))
+        if plan.drop is not None:
+            x = x.masked_fill(plan.drop, float("-inf"))
         if plan.any_top_p:
             probs = torch.softmax(x, dim=-1)
             before = probs.cumsum(dim=-1) - probs  # keep the smallest prefix reaching top_p (the first stays)
-            x = x.masked_fill((before > settings.top_p[:, None]) & ~plan.no_top_p, float("-inf"))
+            x = x.masked_fill((before > settings.top_p[:, None]) & plan.has_top_p, float("-inf"))
     index = ids if ids is not None else torch.arange(V, device=x.device)
     # Gumbel-max: argmax(x + g), g = -log(-log(u)).
-    choice = (x - torch.log(-torch.log(uniform_noise(keys, stream, index)))).argmax(dim=-1)
+    choice = (x - torch.log(-torch.log(uniform_noise(keys, index)))).argmax(dim=-1)
     token = choice if ids is None else ids.gather(-1, choice[:, None])[:, 0]
     return torch.where(settings.greedy, logits.argmax(dim=-1), token) if plan.any_greedy else token
