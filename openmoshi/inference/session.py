@@ -9,10 +9,15 @@ Conversations come and go at any step: `join(rows)` starts a new conversation in
 (their streaming state only moves on the steps where they are active).
 
 The start of a conversation: the generator ignores the input of a conversation's first step (every stream
-reads its initial token there), so the first step of a new row runs the generator twice on the codes of its
-first frame, as Kyutai's offline tool does, and the user's first frame is heard. For moshiko (max_delay 1) this
-also means Moshi's first frame comes out on the user's first frame. Before a row's generator has produced
+reads its initial token there), so, as in Kyutai's offline tool, a conversation's first frame is the input of
+its second generator step: `join` runs the first step at once (`LMGenerator.start`: a depth-transformer pass on
+the joining rows only, no step of the whole batch), and the row's first `step` feeds its first frame. For moshiko
+(max_delay 1) Moshi's first frame comes out on the user's first frame. Before a row's generator has produced
 anything, its audio is silence and its tokens are -2. Silence from the user is just zero audio (`step(None)`).
+
+Each conversation has its own sampling settings and seeds (`join(rows, text_sampling=..., seed=...)`), and
+`get_state(row)` / `set_state(row, snap)` copy a conversation out of its slot and back into any slot (park,
+move, snapshot).
 
 Per frame no host syncs: which rows are active, fresh or already producing is known on the host.
 """
@@ -27,8 +32,9 @@ import torch
 
 from ..codec.mimi import Mimi
 from ..lm.model import LMModel
-from ..nn.streaming import reset_streaming, set_exec_mask, streaming
-from .generator import UNGENERATED, LMGenerator, StepOutput
+from ..nn import streaming as st
+from ..nn.streaming import StreamingSnapshot, reset_streaming, set_exec_mask, streaming
+from .generator import UNGENERATED, GeneratorSnapshot, LMGenerator, StepOutput
 from .sampling import SamplingConfig
 
 
@@ -39,8 +45,8 @@ class FrameOutput:
     pcm [B, 1, frame_size] float32: Moshi's audio for this frame (zeros where nothing was generated);
     text [B] and audio [B, dep_q] long: the generator's output for this step (-2 where nothing);
     user_codes [B, n_q - dep_q] long: the codes the generator was given (zeros on inactive rows);
-    prime: the output of the extra first generator step of the rows that joined at this step (None when
-    no row did); its user codes were the same `user_codes`.
+    prime: the output of the first generator step (run at `join`) of the rows whose first frame this was
+    (None when no row's was): the generator step before this one, which reads no user codes.
     """
 
     pcm: torch.Tensor
@@ -48,6 +54,21 @@ class FrameOutput:
     audio: torch.Tensor
     user_codes: torch.Tensor
     prime: StepOutput | None = None
+
+
+@dataclass
+class SessionSnapshot:
+    """One conversation of a DuplexSession (see `DuplexSession.get_state`)."""
+
+    mimi: StreamingSnapshot
+    generator: GeneratorSnapshot
+    gen_steps: int  # generator steps of the conversation so far
+    prime: tuple[torch.Tensor, torch.Tensor] | None  # output of the first step, when no frame was stepped yet
+
+    def to(self, device: torch.device | str) -> SessionSnapshot:
+        """A copy on `device` (e.g. "cpu" to park a conversation off the accelerator)."""
+        prime = None if self.prime is None else (self.prime[0].to(device), self.prime[1].to(device))
+        return SessionSnapshot(self.mimi.to(device), self.generator.to(device), self.gen_steps, prime)
 
 
 def moshi_codebooks(lm: LMModel) -> int:
@@ -98,7 +119,8 @@ class DuplexSession:
         )
         # Host-side bookkeeping: no device reads needed to know who is active, new, or producing audio.
         self._active = [False] * batch_size
-        self._fresh = [False] * batch_size
+        self._fresh = [False] * batch_size  # joined, first frame not stepped yet: `_prime` holds its output
+        self._prime = self._empty_step()
         self._gen_steps = [0] * batch_size  # generator steps of each row's current conversation
         self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
         self._mimi_mask: torch.Tensor | None = None  # the exec mask Mimi holds now (None: every row)
@@ -130,16 +152,30 @@ class DuplexSession:
                 raise IndexError(f"row {r} out of range for a batch of {self.batch_size}")
         return rows
 
-    def join(self, rows: Iterable[int] | int) -> None:
-        """Start a new conversation in `rows` (restarting them if they were in one)."""
+    def join(
+        self,
+        rows: Iterable[int] | int,
+        text_sampling: SamplingConfig | None = None,
+        audio_sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        audio_seed: int | None = None,
+    ) -> None:
+        """Start a new conversation in `rows` (restarting them if they were in one).
+
+        Sampling settings default to the session's; `seed` seeds the text stream and, unless `audio_seed` is
+        given, the audio streams (None: the next seed of the session's seed sequence, one per row). The
+        conversation's first generator step runs here, on these rows only.
+        """
         rows = self._rows(rows)
         if not rows:
             return
         mask = self._mask([r in rows for r in range(self.batch_size)])
         reset_streaming(self.mimi, mask)
-        self.generator.reset(mask)
+        prime = self.generator.start(rows, text_sampling, audio_sampling, seed, audio_seed)
+        self._prime.text.copy_(torch.where(mask, prime.text, self._prime.text))
+        self._prime.audio.copy_(torch.where(mask[:, None], prime.audio, self._prime.audio))
         for r in rows:
-            self._active[r], self._fresh[r], self._gen_steps[r] = True, True, 0
+            self._active[r], self._fresh[r], self._gen_steps[r] = True, True, 1
 
     reset = join  # a reset is a new conversation in the same slot
 
@@ -147,6 +183,8 @@ class DuplexSession:
         """End the conversations in `rows`; the slots stay untouched until a `join`."""
         for r in self._rows(rows):
             self._active[r], self._fresh[r] = False, False
+            self._prime.text[r] = UNGENERATED
+            self._prime.audio[r] = UNGENERATED
 
     def _mask(self, flags: list[bool]) -> torch.Tensor:
         """A cached device bool mask: copied to the device once per distinct pattern."""
@@ -190,16 +228,11 @@ class DuplexSession:
             codes = codes.masked_fill(~active_mask[:, None], 0)
 
         prime = None
-        fresh = [a and f for a, f in zip(active, self._fresh, strict=True)]
-        if any(fresh):
-            # A conversation's first generator step ignores its input: run it on the first frame, then again.
-            prime_mask = None if all(fresh) else self._mask(fresh)
-            prime = self.generator.step(codes if self.n_user else None, prime_mask)
-            prime = prime or self._empty_step()
-            for r, f in enumerate(fresh):
-                if f:
-                    self._gen_steps[r] += 1
-                    self._fresh[r] = False
+        if any(a and f for a, f in zip(active, self._fresh, strict=True)):
+            prime = StepOutput(self._prime.text.clone(), self._prime.audio.clone())
+            self._prime.text.fill_(UNGENERATED)
+            self._prime.audio.fill_(UNGENERATED)
+            self._fresh = [False] * B
         out = self.generator.step(codes if self.n_user else None, active_mask) or self._empty_step()
         for r in range(B):
             if active[r]:
@@ -236,6 +269,29 @@ class DuplexSession:
         empty = self._empty_step()
         pcm = torch.zeros(self.batch_size, 1, self.frame_size, device=self.device)
         return FrameOutput(pcm, empty.text, empty.audio, self._zero_codes)
+
+    # ---- snapshots ---------------------------------------------------------------------------------------
+    def get_state(self, row: int) -> SessionSnapshot:
+        """A copy of the conversation in `row`: Mimi's and the generator's state and the session's bookkeeping.
+
+        Take it between steps; `set_state` puts it back in any row (e.g. after `leave`, to park it)."""
+        (row,) = self._rows(row)
+        prime = (self._prime.text[row].clone(), self._prime.audio[row].clone()) if self._fresh[row] else None
+        return SessionSnapshot(st.get_state(self.mimi, [row]), self.generator.get_state(row), self._gen_steps[row],
+                               prime)
+
+    def set_state(self, row: int, snapshot: SessionSnapshot) -> None:
+        """Continue the conversation `snapshot` in `row` (active from now on, replacing what the row held)."""
+        (row,) = self._rows(row)
+        st.set_state(self.mimi, [row], snapshot.mimi)
+        self.generator.set_state(row, snapshot.generator)
+        self._active[row], self._gen_steps[row] = True, snapshot.gen_steps
+        self._fresh[row] = snapshot.prime is not None
+        if snapshot.prime is not None:
+            self._prime.text[row], self._prime.audio[row] = snapshot.prime
+        else:
+            self._prime.text[row] = UNGENERATED
+            self._prime.audio[row] = UNGENERATED
 
     # ---- introspection (tests, benchmarks) -------------------------------------------------------------------
     def state_bytes(self) -> int:

@@ -7,13 +7,18 @@ runs in batch (whole-sequence) mode.
 Rows of a streaming batch are independent conversations/streams:
 - `reset_streaming(module, mask)` resets the rows where `mask` [B] is True (a new stream in that slot);
 - `set_exec_mask(module, mask)` marks the rows that really execute the next calls; the others are computed
-  (the batch stays rectangular) but their state is left untouched, as if the call never happened.
+  (the batch stays rectangular) but their state is left untouched, as if the call never happened;
+- `get_state(module, rows)` copies the rows' state out (a `StreamingSnapshot`) and `set_state(module, rows,
+  snapshot)` writes it back, into the same rows or others: a conversation can be parked, moved or replayed;
+- a `StatePatch` holds what one computation from a reset row always leaves in the state (found by running it
+  from two different fills); applied to any rows, it replays that computation there without running it.
+Per-row state is, by convention, every state tensor whose dim 0 is the batch; layers update it in place.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -127,3 +132,122 @@ def set_exec_mask(module: nn.Module, mask: torch.Tensor | None) -> None:
 def where_rows(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """`new` on the rows where `mask` [B] is True, `old` elsewhere; broadcast over the trailing dims."""
     return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+# ---- per-row state: snapshots and patches ------------------------------------------------------------------
+# By convention (docs/architecture.md) a state field that is a tensor whose dim 0 is the batch holds per-row
+# state; everything else (exec_mask, host-side values) is shared by the rows and is neither saved nor restored.
+
+
+def _row_fields(state: StreamingState) -> dict[str, torch.Tensor]:
+    return {
+        name: value
+        for name, value in vars(state).items()
+        if name != "exec_mask" and isinstance(value, torch.Tensor) and value.dim() >= 1
+        and value.shape[0] == state.batch_size
+    }
+
+
+def _row_index(rows: int | Sequence[int] | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    if isinstance(rows, torch.Tensor):
+        return rows.to(device=device, dtype=torch.long)
+    rows = [rows] if isinstance(rows, int) else list(rows)
+    for r in rows:
+        if not 0 <= r < batch_size:
+            raise IndexError(f"row {r} out of range for a batch of {batch_size}")
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+@dataclass
+class StreamingSnapshot:
+    """The per-row state of every streaming layer of a module, for `rows` rows: per layer, field -> [rows, ...].
+
+    Taken by `get_state`, written back (into the same or other rows) by `set_state`. Tensors are copies.
+    """
+
+    layers: list[dict[str, torch.Tensor]]
+    rows: int
+
+    def to(self, device: torch.device | str) -> StreamingSnapshot:
+        """A copy on `device` (e.g. "cpu" to park a conversation off the accelerator)."""
+        return StreamingSnapshot([{k: v.to(device) for k, v in layer.items()} for layer in self.layers], self.rows)
+
+
+def get_state(module: nn.Module, rows: int | Sequence[int] | torch.Tensor) -> StreamingSnapshot:
+    """Copy the per-row state of `rows` from every streaming layer of `module`."""
+    states = _states(module)
+    index = _row_index(rows, states[0].batch_size, states[0].exec_mask.device)
+    layers = [{name: t.index_select(0, index) for name, t in _row_fields(s).items()} for s in states]
+    return StreamingSnapshot(layers, index.numel())
+
+
+def set_state(module: nn.Module, rows: int | Sequence[int] | torch.Tensor, snapshot: StreamingSnapshot) -> None:
+    """Write `snapshot` into `rows` of every streaming layer of `module`, in place.
+
+    The snapshot holds len(rows) rows, or 1 row (then written into every row of `rows`).
+    """
+    states = _states(module)
+    index = _row_index(rows, states[0].batch_size, states[0].exec_mask.device)
+    if snapshot.rows not in (1, index.numel()):
+        raise ValueError(f"the snapshot holds {snapshot.rows} rows, cannot restore {index.numel()}")
+    if len(snapshot.layers) != len(states):
+        raise ValueError(f"the snapshot has {len(snapshot.layers)} streaming layers, the module {len(states)}")
+    for state, saved in zip(states, snapshot.layers, strict=True):
+        fields = _row_fields(state)
+        if fields.keys() != saved.keys():
+            raise ValueError(f"snapshot fields {sorted(saved)} do not match {type(state).__name__} {sorted(fields)}")
+        for name, t in fields.items():
+            if saved[name].shape[1:] != t.shape[1:]:
+                raise ValueError(f"snapshot field {name} has shape {list(saved[name].shape)}, "
+                                 f"the state {list(t.shape)}")
+    for state, saved in zip(states, snapshot.layers, strict=True):
+        for name, t in _row_fields(state).items():
+            src = saved[name].to(device=t.device, dtype=t.dtype)
+            t[index] = src.expand(index.numel(), *src.shape[1:])
+
+
+def fill_state(module: nn.Module, value: float) -> None:
+    """Fill every per-row state tensor of `module`'s streaming layers with `value` (all rows)."""
+    for state in _states(module):
+        for t in _row_fields(state).values():
+            t.fill_(value)
+
+
+@dataclass
+class StatePatch:
+    """Some elements of one row's state (per layer, field -> (flat index [n], values [n])), to be written into
+    any rows: what a given computation from a reset row always leaves, whatever the row held before."""
+
+    layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+
+    @staticmethod
+    def between(a: StreamingSnapshot, b: StreamingSnapshot, fill_a: float, fill_b: float) -> StatePatch:
+        """The elements set by a computation run twice on one row: from state filled with `fill_a` (giving
+        `a`) and with `fill_b` (giving `b`). Elements still at their fills were not written; all others are
+        kept with a's values. One host sync per field: meant for set-up, not for a per-frame step."""
+        layers = []
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            layer = {}
+            for name, ta in la.items():
+                ta0, tb0 = ta[0].flatten(), lb[name][0].flatten()
+                untouched = (ta0 == fill_a) & (tb0 == fill_b)
+                index = (~untouched).nonzero()[:, 0]
+                layer[name] = (index, ta0[index])
+            layers.append(layer)
+        return StatePatch(layers)
+
+    def apply(self, module: nn.Module, rows: Sequence[int] | torch.Tensor) -> None:
+        """Write the patch into `rows` of every streaming layer of `module`, in place."""
+        states = _states(module)
+        index = _row_index(rows, states[0].batch_size, states[0].exec_mask.device)
+        n = index.numel()
+        for state, patch in zip(states, self.layers, strict=True):
+            fields = _row_fields(state)
+            for name, (flat, values) in patch.items():
+                t = fields[name]
+                if t.is_contiguous():
+                    t.view(t.shape[0], -1)[index[:, None], flat[None, :]] = values.expand(n, -1)
+                else:
+                    part = t.index_select(0, index).reshape(n, -1)
+                    part[:, flat] = values.expand(n, -1)
+                    t[index] = part.view(n, *t.shape[1:])
