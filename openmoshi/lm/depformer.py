@@ -50,9 +50,9 @@ class DepthTransformer(nn.Module):
         )
         self.heads = StepLinear(Dd, cfg.card, S, **kw)
 
-    def forward_train(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits: h [B, T, D], tokens [B, S, T] (text, then codebooks 0..S-2 fed to steps
-        1..S-1; the last codebook is never an input) -> logits [B, S, T, card]."""
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The training pass, teacher-forced logits: h [B, T, D], tokens [B, S, T] (text, then codebooks
+        0..S-2 fed to steps 1..S-1; the last codebook is never an input) -> logits [B, S, T, card]."""
         B, T, D = h.shape
         S = self.num_steps
         x = h.reshape(B * T, 1, D).expand(B * T, S, D)

@@ -29,7 +29,8 @@ class LMOutput:
     """Teacher-forced outputs aligned with the input codes (no extra shift needed for a loss).
 
     text_logits [B, 1, T, text_card], text_mask [B, 1, T]; audio_logits [B, dep_q, T, card],
-    audio_mask [B, dep_q, T]. Masked positions (no valid target) hold NaN logits.
+    audio_mask [B, dep_q, T]. Masked positions (no valid target) hold 0 logits (never NaN, so a loss that
+    multiplies by the mask stays finite; `lm.loss` selects the valid positions anyway).
     """
 
     text_logits: torch.Tensor
@@ -86,12 +87,12 @@ class LMModel(nn.Module):
         h = self.out_norm(self.transformer(self.embed(tokens)))
         return h, self.text_linear(h)
 
-    def forward_train(self, codes: torch.Tensor) -> LMOutput:
-        """Teacher-forced forward: codes [B, K, T] on the input grid (-1 allowed: no input, no target).
+    def forward(self, codes: torch.Tensor) -> LMOutput:
+        """The training pass, teacher-forced: codes [B, K, T] on the input grid (-1 allowed: no input, no target).
 
         Streams are delayed (initial tokens in front), one all-initial step is prepended and the last dropped;
         the logits at delayed position t predict the delayed tokens at t and are undelayed back onto the input
-        grid. Positions without a target (past the end after undelaying, or a -1 code) are masked.
+        grid. Positions without a target (past the end after undelaying, or a -1 code) are masked, their logits 0.
         """
         cfg = self.cfg
         B, K, T = codes.shape
@@ -101,9 +102,11 @@ class LMModel(nn.Module):
         delayed = delay_codes(codes, cfg.delays, initial)
         inputs = torch.cat([initial.view(1, K, 1).expand(B, K, 1), delayed[:, :, :-1]], dim=2)
         h, text_logits = self.forward_temporal(inputs)
-        audio_logits = self.depformer.forward_train(h, delayed[:, : cfg.dep_q])
-        text_logits, text_mask = undelay(text_logits[:, None], cfg.delays[:1])
-        audio_logits, audio_mask = undelay(audio_logits, cfg.delays[1 : cfg.dep_q + 1])
+        audio_logits = self.depformer(h, delayed[:, : cfg.dep_q])
+        text_logits, text_mask = undelay(text_logits[:, None], cfg.delays[:1], fill_value=0.0)
+        audio_logits, audio_mask = undelay(audio_logits, cfg.delays[1 : cfg.dep_q + 1], fill_value=0.0)
         text_mask &= codes[:, :1] != -1
         audio_mask &= codes[:, 1 : cfg.dep_q + 1] != -1
+        text_logits = text_logits.masked_fill(~text_mask[..., None], 0.0)
+        audio_logits = audio_logits.masked_fill(~audio_mask[..., None], 0.0)
         return LMOutput(text_logits, text_mask, audio_logits, audio_mask)

@@ -55,14 +55,17 @@ def test_teacher_forced_parity_with_reference(name):
     codes[1, 0, 7] = -1
     with torch.no_grad():
         r = ref(codes)
-        o = ours.forward_train(codes)
+        o = ours(codes)
     assert torch.equal(o.text_mask, r.text_mask) and torch.equal(o.audio_mask, r.mask)
     assert o.audio_logits.shape == (B, cfg.dep_q, T, cfg.card)
     assert o.text_logits.shape == (B, 1, T, cfg.text_card)
-    # NaN where there is no target (past the end after undelaying), finite elsewhere.
-    assert torch.isnan(o.audio_logits).any(-1).equal(torch.isnan(r.logits).any(-1))
-    torch.testing.assert_close(o.text_logits, r.text_logits, atol=1e-4, rtol=0, equal_nan=True)
-    torch.testing.assert_close(o.audio_logits, r.logits, atol=1e-4, rtol=0, equal_nan=True)
+    # Exactly 0 where there is no target (the reference: NaN past the end), equal to the reference elsewhere.
+    assert torch.isfinite(o.text_logits).all() and torch.isfinite(o.audio_logits).all()
+    assert (o.audio_logits[~o.audio_mask] == 0).all() and (o.text_logits[~o.text_mask] == 0).all()
+    assert torch.isnan(r.logits).any(-1).logical_not().logical_or(~o.audio_mask).all()
+    tm, am = o.text_mask[..., None], o.audio_mask[..., None]
+    torch.testing.assert_close(o.text_logits, torch.where(tm, r.text_logits, 0.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(o.audio_logits, torch.where(am, r.logits, 0.0), atol=1e-4, rtol=0)
 
 
 def test_published_naming_gives_the_same_model():
@@ -106,8 +109,8 @@ def test_bf16_close_to_fp32_and_no_worse_than_reference_bf16():
     codes = torch.randint(0, cfg.card, (2, cfg.num_streams, 12))
     codes[:, 0] = torch.randint(0, cfg.text_card, (2, 12))
     with torch.no_grad():
-        full = ours.forward_train(codes)
-        half = ours_bf16.eval().forward_train(codes)
+        full = ours(codes)
+        half = ours_bf16.eval()(codes)
         ref_half = ref_bf16(codes)
     mask = full.audio_mask[..., None].expand_as(full.audio_logits)
     scale = full.audio_logits[mask].abs().max()
