@@ -2,7 +2,9 @@
 
 Layer: x = x + ls1(attn(norm1(x))); x = x + ls2(ff(norm2(x))). Layout [B, T, D].
 With `num_steps` > 0 (the depth transformer) attention projections and feed-forward weights are per step: the
-t-th position of a stream uses the t-th weights; norms are shared.
+t-th position of a sequence uses the t-th weights; norms are shared. Such a stack is run whole (training) or one
+step at a time, `forward(x, step, kv)` with a key/value buffer from `new_kv` (generation): the same modules
+either way, so wrappers and hooks (FSDP, LoRA, forward hooks) see both.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, gating: str, num_steps: int = 0, device=None, dtype=None) -> None:
         super().__init__()
         self.gated = gating == "silu"
+        self.dim, self.hidden = dim, hidden
         kw = {"device": device, "dtype": dtype}
         if self.gated:
             self.linear_in = make_linear(dim, 2 * hidden, num_steps, **kw)
@@ -77,16 +80,18 @@ class TransformerLayer(nn.Module):
                               cfg.stream_chunk, **kw)
         self.norm2 = make_norm(cfg.norm, d, cfg.norm_eps, **kw)
         self.ff = FeedForward(d, cfg.dim_feedforward, cfg.gating, cfg.num_steps, **kw)
+        self.layer_scale_1: LayerScale | None = None
+        self.layer_scale_2: LayerScale | None = None
         if cfg.layer_scale is not None:
-            self.layer_scale_1: nn.Module = LayerScale(d, cfg.layer_scale, **kw)
-            self.layer_scale_2: nn.Module = LayerScale(d, cfg.layer_scale, **kw)
-        else:
-            self.layer_scale_1 = self.layer_scale_2 = nn.Identity()
+            self.layer_scale_1 = LayerScale(d, cfg.layer_scale, **kw)
+            self.layer_scale_2 = LayerScale(d, cfg.layer_scale, **kw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        step = self.attn.step  # read before attention advances it
-        x = x + self.layer_scale_1(self.attn(self.norm1(x)))
-        return x + self.layer_scale_2(self.ff(self.norm2(x), step))
+    def forward(self, x: torch.Tensor, step: int = 0, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]; `step` / `kv` [2, B, H, S, Dh]: see Attention.forward."""
+        a = self.attn(self.norm1(x), step, kv)
+        x = x + (a if self.layer_scale_1 is None else self.layer_scale_1(a))
+        f = self.ff(self.norm2(x), step)
+        return x + (f if self.layer_scale_2 is None else self.layer_scale_2(f))
 
 
 class Transformer(nn.Module):
@@ -97,7 +102,21 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(TransformerLayer(cfg, device=device, dtype=dtype) for _ in range(cfg.num_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x: torch.Tensor, step: int = 0, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]. Batch, or streaming under `streaming(...)`; with `kv` [L, 2, B, H, S, Dh]
+        (from `new_kv`) x holds steps step..step+T-1 of a short sequence whose earlier steps are in `kv`."""
+        if kv is None:
+            for layer in self.layers:
+                x = layer(x, step)
+        else:
+            for layer, layer_kv in zip(self.layers, kv, strict=True):
+                x = layer(x, step, layer_kv)
         return x
+
+    def new_kv(self, batch_size: int, length: int) -> torch.Tensor:
+        """A zeroed key/value buffer [L, 2, B, H, length, Dh] for step-by-step calls; reusable across sequences
+        (each step overwrites its slot before reading it)."""
+        attn = self.layers[0].attn
+        w = attn.out_proj.weight
+        return torch.zeros(len(self.layers), 2, batch_size, attn.num_heads, length, attn.head_dim,
+                           device=w.device, dtype=w.dtype)
