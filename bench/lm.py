@@ -72,7 +72,6 @@ def fill_context(gen: LMGenerator, lm_gen) -> None:
         if st is not None and hasattr(st, "positions"):
             st.positions.copy_(torch.arange(C))
             st.offset.fill_(C)
-            st.filled = C
     for m in lm_gen.lm_model.transformer.modules():
         if isinstance(m, StreamingMultiheadAttention):
             st = m._streaming_state

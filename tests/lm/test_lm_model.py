@@ -1,5 +1,7 @@
 """LMModel: shapes on the meta device, the zero token, teacher-forced parity with the reference."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from lm_testutils import make_pair, make_reference, one_thread, published_state_dict
@@ -24,7 +26,7 @@ def test_moshiko_7b_on_meta_matches_reference_names_and_shapes():
     assert sum(p.numel() for p in model.parameters()) == 7_687_729_152
     # Every tensor of the reference listing loads (shape-checked) and covers every parameter exactly once.
     listing = {}
-    for line in open("/work/shared/reference/moshiko_7b_state_dict.txt"):
+    for line in open(Path(__file__).with_name("moshiko_7b_state_dict.txt")):
         if not line.startswith("#"):
             name, shape, _ = line.rstrip("\n").split("\t")
             listing[name] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
