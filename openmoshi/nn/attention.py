@@ -139,8 +139,19 @@ class Attention(StreamingModule[_AttentionState]):
         """x [B, T, D] -> [B, T, D]. `step`: index of the per-step weights of x's first position (and, with
         `kv` [2, B, H, S, Dh], its position in that buffer: slots < step hold the earlier keys/values)."""
         B, T, _ = x.shape
-        if kv is not None and T == 1 and not self.rope_max_period:
-            return self._depth_step(x, step, kv)
+        if kv is not None and T == 1 and self.num_steps and not self.rope_max_period:
+            # One depth step (the generation hot path, ~50 calls per frame, where per-call overhead dominates
+            # at batch 1): the same maths as the general path below with the fewest ops and calls.
+            H, Dh = self.num_heads, self.head_dim
+            if step >= kv.shape[3]:
+                raise ValueError(f"step {step} exceeds the key/value buffer's {kv.shape[3]} slots")
+            qkv = self.in_proj(x, step).view(B, 3, H, 1, Dh)
+            kv[:, :, :, step:step + 1] = qkv[:, 1:].transpose(0, 1)
+            keys, values = kv[0, :, :, :step + 1], kv[1, :, :, :step + 1]
+            if torch.is_grad_enabled() and (keys.requires_grad or x.requires_grad):
+                keys, values = keys.clone(), values.clone()  # see _attend_steps
+            y = F.scaled_dot_product_attention(qkv[:, 0], keys, values)  # [B, H, 1, Dh]
+            return self.out_proj(y.view(B, 1, H * Dh), step)
         state = self.state if kv is None else None
         qkv = apply_linear(self.in_proj, x, step).view(B, T, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(dim=2)  # each [B, T, H, Dh]
@@ -182,21 +193,6 @@ class Attention(StreamingModule[_AttentionState]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         pos = torch.arange(T, device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self._window_mask(pos[None], pos[None]))
-
-    def _depth_step(self, x: torch.Tensor, step: int, kv: torch.Tensor) -> torch.Tensor:
-        """`forward` for one depth step without RoPE (the generation hot path, ~50 calls per frame): the same
-        maths as the general path with the fewest ops, since per-op overhead dominates at batch 1."""
-        B = x.shape[0]
-        H, Dh = self.num_heads, self.head_dim
-        if step >= kv.shape[3]:
-            raise ValueError(f"step {step} exceeds the key/value buffer's {kv.shape[3]} slots")
-        qkv = apply_linear(self.in_proj, x, step).view(B, 3, H, 1, Dh)
-        kv[:, :, :, step:step + 1] = qkv[:, 1:].transpose(0, 1)
-        keys, values = kv[0, :, :, :step + 1], kv[1, :, :, :step + 1]
-        if torch.is_grad_enabled() and (keys.requires_grad or x.requires_grad):
-            keys, values = keys.clone(), values.clone()  # see _attend_steps
-        y = F.scaled_dot_product_attention(qkv[:, 0], keys, values)  # [B, H, 1, Dh]
-        return apply_linear(self.out_proj, y.view(B, 1, H * Dh), step)
 
     def _attend_steps(self, q, k, v, step: int, kv: torch.Tensor) -> torch.Tensor:
         # Depth steps: a fresh short sequence per call site, so the buffer needs no ring, positions or masks

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
-from .linear import apply_linear, make_linear
+from .linear import make_linear
 from .norms import LayerScale, make_norm
 
 
@@ -54,7 +54,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, gating: str, num_steps: int = 0, device=None, dtype=None) -> None:
         super().__init__()
         self.gated = gating == "silu"
-        self.dim, self.hidden = dim, hidden
+        self.dim, self.hidden, self.num_steps = dim, hidden, num_steps
         kw = {"device": device, "dtype": dtype}
         if self.gated:
             self.linear_in = make_linear(dim, 2 * hidden, num_steps, **kw)
@@ -64,9 +64,12 @@ class FeedForward(nn.Module):
             self.linear2 = make_linear(hidden, dim, **kw)
 
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        if self.gated and self.num_steps:
+            gate, up = self.linear_in(x, step).chunk(2, dim=-1)
+            return self.linear_out(F.silu(gate) * up, step)
         if self.gated:
-            gate, up = apply_linear(self.linear_in, x, step).chunk(2, dim=-1)
-            return apply_linear(self.linear_out, F.silu(gate) * up, step)
+            gate, up = self.linear_in(x).chunk(2, dim=-1)
+            return self.linear_out(F.silu(gate) * up)
         return self.linear2(F.gelu(self.linear1(x)))
 
 
