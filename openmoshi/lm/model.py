@@ -11,6 +11,7 @@ Parameters: `audio_emb.weight` [n_q, card + 1, D], `text_emb.weight` [text_card 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,23 @@ class LMModel(nn.Module):
         """
         h = self.out_norm(self.transformer(self.embed(tokens)))
         return h, self.text_linear(h)
+
+    def frame_step(
+        self,
+        tokens: torch.Tensor,
+        sample_text: Callable[[torch.Tensor], torch.Tensor],
+        sample_audio: Callable[[torch.Tensor], torch.Tensor],
+        depth_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One 80 ms generation step: tokens [B, K, 1] (under `streaming(model.transformer, B)`) ->
+        (text [B], audio [B, dep_q]). The temporal step, text sampling, then the depth transformer's codebooks.
+
+        `depth_cache` from `depformer.new_cache(B)`. With `set_static_shapes(model, True)` this function has
+        no data-dependent shapes and no host values: `torch.compile` compiles it once.
+        """
+        h, text_logits = self.forward_temporal(tokens)
+        text = sample_text(text_logits[:, 0])
+        return text, self.depformer.generate(h[:, 0], text, sample_audio, depth_cache)
 
     def forward(self, codes: torch.Tensor) -> LMOutput:
         """The training pass, teacher-forced: codes [B, K, T] on the input grid (-1 allowed: no input, no target).
