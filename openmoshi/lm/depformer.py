@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..nn.attention import KVBuffer
+from ..nn.init import init_weights
 from ..nn.linear import StepLinear
 from ..nn.transformer import Transformer, TransformerConfig
 from .config import LMConfig
@@ -42,6 +44,10 @@ class DepthTransformer(nn.Module):
         )
         self.heads = StepLinear(Dd, cfg.card, S, **kw)
 
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter in place (after `to_empty` from the meta device)."""
+        init_weights(self)
+
     def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The training pass, teacher-forced logits: h [B, T, D], tokens [B, S, T] (text, then codebooks
         0..S-2 fed to steps 1..S-1; the last codebook is never an input) -> logits [B, S, T, card]."""
@@ -57,8 +63,8 @@ class DepthTransformer(nn.Module):
         y = self.heads(self.transformer(x))  # [B*T, S, card]
         return y.view(B, T, S, -1).permute(0, 2, 1, 3)
 
-    def new_cache(self, batch_size: int) -> torch.Tensor:
-        """Key/value buffer of one time step's depth sequence: [L, 2, B, H, S, Dh], allocated once."""
+    def new_cache(self, batch_size: int) -> list[KVBuffer]:
+        """Key/value buffers of one time step's depth sequence ([2, B, H, S, Dh] per layer), allocated once."""
         return self.transformer.new_kv(batch_size, self.num_steps)
 
     def generate(
@@ -66,7 +72,7 @@ class DepthTransformer(nn.Module):
         h: torch.Tensor,
         text_token: torch.Tensor,
         sample_fn: Callable[[torch.Tensor], torch.Tensor],
-        cache: torch.Tensor | None = None,
+        cache: list[KVBuffer] | None = None,
         logits_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One time step's codebooks: h [B, D], text_token [B] -> tokens [B, S].

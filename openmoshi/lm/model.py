@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..nn.attention import KVBuffer
+from ..nn.init import init_weights
 from ..nn.norms import RMSNorm
 from ..nn.transformer import Transformer, TransformerConfig
 from .config import LMConfig
@@ -51,6 +53,11 @@ class LMModel(nn.Module):
         self.out_norm = RMSNorm(cfg.dim, cfg.norm_eps, **kw)
         self.text_linear = nn.Linear(cfg.dim, cfg.text_card, bias=False, **kw)
         self.depformer = DepthTransformer(cfg, **kw)
+
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter in place (after `to_empty` of a model built on the meta device):
+        embeddings N(0, 1/D), linears uniform in +-1/sqrt(fan_in), norms 1."""
+        init_weights(self)
 
     @staticmethod
     def temporal_config(cfg: LMConfig) -> TransformerConfig:
@@ -93,7 +100,7 @@ class LMModel(nn.Module):
         tokens: torch.Tensor,
         sample_text: Callable[[torch.Tensor], torch.Tensor],
         sample_audio: Callable[[torch.Tensor], torch.Tensor],
-        depth_cache: torch.Tensor,
+        depth_cache: list[KVBuffer],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One 80 ms generation step: tokens [B, K, 1] (under `streaming(model.transformer, B)`) ->
         (text [B], audio [B, dep_q]). The temporal step, text sampling, then the depth transformer's codebooks.

@@ -8,7 +8,7 @@ Three ways to call it, `forward(x, step=0, kv=None)`:
 - streaming (under `streaming(module, B)`): per row a ring of key/value slots with the absolute position held
   by each slot (-1 = empty) and the row's next position. Memory is flat however long the stream runs; positions
   keep growing (RoPE uses absolute positions, it never wraps with the window);
-- depth steps (`kv` given): a short sequence whose keys/values live in a caller's buffer [2, B, H, S, Dh];
+- depth steps (`kv` given, a `KVBuffer`): a short sequence whose keys/values live in a caller's buffer;
   `step` is the position of x's first entry (and the index of the per-step weights). The depth transformer
   generates this way, through the very modules it trains with.
 
@@ -39,6 +39,40 @@ def _version(t: torch.Tensor) -> int:
         return t._version
     except RuntimeError:
         return -1
+
+
+class KVBuffer:
+    """Keys/values of one short sequence for step-by-step calls (the depth transformer's time step).
+
+    `storage` [2, B, H, S, Dh] is allocated once and written in place (no autograd: the generator reuses it for
+    every frame). Under autograd a write makes a new tensor instead (what attention read at earlier steps stays
+    as autograd saved it; an in-place write there would invalidate it). Not a tensor itself, so wrappers that
+    map over a module's tensor arguments (FSDP's hooks) pass it through untouched.
+    """
+
+    def __init__(self, storage: torch.Tensor) -> None:
+        self.storage = storage
+        self.data = storage  # [2, B, H, >= end, Dh]: slots 0..end-1 valid after write(step, ...)
+
+    def write(self, step: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv [2, B, H, T, Dh] at slots step..step+T-1 -> (keys, values) [B, H, step + T, Dh]."""
+        end = step + kv.shape[3]
+        if end > self.storage.shape[3]:
+            raise ValueError(f"steps {step}..{end - 1} exceed the key/value buffer's {self.storage.shape[3]} slots")
+        if torch.is_grad_enabled() and (kv.requires_grad or self.data.requires_grad):
+            self.data = kv if step == 0 else torch.cat([self.data[:, :, :, :step], kv], dim=3)
+        else:
+            self.storage[:, :, :, step:end] = kv
+            self.data = self.storage
+        return self.data[0, :, :, :end], self.data[1, :, :, :end]
+
+
+def new_kv_buffers(attns: list[Attention], batch_size: int, length: int) -> list[KVBuffer]:
+    """One KVBuffer per attention layer, all views of one zeroed allocation [L, 2, B, H, length, Dh]."""
+    a = attns[0]
+    w = a.out_proj.weight
+    data = torch.zeros(len(attns), 2, batch_size, a.num_heads, length, a.head_dim, device=w.device, dtype=w.dtype)
+    return [KVBuffer(data[i]) for i in range(len(attns))]
 
 
 @dataclass
@@ -135,21 +169,16 @@ class Attention(StreamingModule[_AttentionState]):
             self._freqs[device] = rope_frequencies(self.head_dim, self.rope_max_period, device)
         return self._freqs[device]
 
-    def forward(self, x: torch.Tensor, step: int = 0, kv: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: int = 0, kv: KVBuffer | None = None) -> torch.Tensor:
         """x [B, T, D] -> [B, T, D]. `step`: index of the per-step weights of x's first position (and, with
-        `kv` [2, B, H, S, Dh], its position in that buffer: slots < step hold the earlier keys/values)."""
+        `kv`, its position in that buffer: slots < step hold the earlier keys/values)."""
         B, T, _ = x.shape
         if kv is not None and T == 1 and self.num_steps and not self.rope_max_period:
             # One depth step (the generation hot path, ~50 calls per frame, where per-call overhead dominates
             # at batch 1): the same maths as the general path below with the fewest ops and calls.
             H, Dh = self.num_heads, self.head_dim
-            if step >= kv.shape[3]:
-                raise ValueError(f"step {step} exceeds the key/value buffer's {kv.shape[3]} slots")
             qkv = self.in_proj(x, step).view(B, 3, H, 1, Dh)
-            kv[:, :, :, step:step + 1] = qkv[:, 1:].transpose(0, 1)
-            keys, values = kv[0, :, :, :step + 1], kv[1, :, :, :step + 1]
-            if torch.is_grad_enabled() and (keys.requires_grad or x.requires_grad):
-                keys, values = keys.clone(), values.clone()  # see _attend_steps
+            keys, values = kv.write(step, qkv[:, 1:].transpose(0, 1))
             y = F.scaled_dot_product_attention(qkv[:, 0], keys, values)  # [B, H, 1, Dh]
             return self.out_proj(y.view(B, 1, H * Dh), step)
         state = self.state if kv is None else None
@@ -194,23 +223,15 @@ class Attention(StreamingModule[_AttentionState]):
         pos = torch.arange(T, device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self._window_mask(pos[None], pos[None]))
 
-    def _attend_steps(self, q, k, v, step: int, kv: torch.Tensor) -> torch.Tensor:
+    def _attend_steps(self, q, k, v, step: int, kv: KVBuffer) -> torch.Tensor:
         # Depth steps: a fresh short sequence per call site, so the buffer needs no ring, positions or masks
-        # beyond causality within x; written in place (the generator reuses one buffer for every frame).
+        # beyond causality within x.
         T = q.shape[2]
-        end = step + T
-        if end > kv.shape[3]:
-            raise ValueError(f"steps {step}..{end - 1} exceed the key/value buffer's {kv.shape[3]} slots")
-        kv[0, :, :, step:end] = k
-        kv[1, :, :, step:end] = v
-        keys, values = kv[0, :, :, :end], kv[1, :, :, :end]
-        if torch.is_grad_enabled() and (keys.requires_grad or q.requires_grad):
-            # Autograd keeps what attention reads; later steps write the same buffer in place.
-            keys, values = keys.clone(), values.clone()
+        keys, values = kv.write(step, torch.stack([k, v]))
         if T == 1 or not self.causal:
             return F.scaled_dot_product_attention(q, keys, values)
-        pos = torch.arange(end, device=q.device)
-        mask = pos[None, :] <= pos[step:, None]  # [T, end]
+        pos = torch.arange(step + T, device=q.device)
+        mask = pos[None, :] <= pos[step:, None]  # [T, step + T]
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
     def _attend_in_ring(self, q, k, v, positions, state: _AttentionState) -> torch.Tensor:

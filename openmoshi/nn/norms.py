@@ -16,6 +16,10 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
@@ -31,6 +35,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One fused op (fewer kernel launches than the written-out maths, which matters in the depth steps).
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
@@ -43,7 +50,11 @@ class LayerScale(nn.Module):
 
     def __init__(self, dim: int, init: float = 1e-4, device=None, dtype=None) -> None:
         super().__init__()
+        self.init = init
         self.scale = nn.Parameter(torch.full((dim,), init, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.scale, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale

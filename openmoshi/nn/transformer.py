@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention
+from .attention import Attention, KVBuffer, new_kv_buffers
 from .linear import make_linear
 from .norms import LayerScale, make_norm
 
@@ -89,8 +89,8 @@ class TransformerLayer(nn.Module):
             self.layer_scale_1 = LayerScale(d, cfg.layer_scale, **kw)
             self.layer_scale_2 = LayerScale(d, cfg.layer_scale, **kw)
 
-    def forward(self, x: torch.Tensor, step: int = 0, kv: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, D]; `step` / `kv` [2, B, H, S, Dh]: see Attention.forward."""
+    def forward(self, x: torch.Tensor, step: int = 0, kv: KVBuffer | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]; `step` / `kv`: see Attention.forward."""
         a = self.attn(self.norm1(x), step, kv)
         x = x + (a if self.layer_scale_1 is None else self.layer_scale_1(a))
         f = self.ff(self.norm2(x), step)
@@ -105,9 +105,9 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(TransformerLayer(cfg, device=device, dtype=dtype) for _ in range(cfg.num_layers))
 
-    def forward(self, x: torch.Tensor, step: int = 0, kv: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, D]. Batch, or streaming under `streaming(...)`; with `kv` [L, 2, B, H, S, Dh]
-        (from `new_kv`) x holds steps step..step+T-1 of a short sequence whose earlier steps are in `kv`."""
+    def forward(self, x: torch.Tensor, step: int = 0, kv: list[KVBuffer] | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]. Batch, or streaming under `streaming(...)`; with `kv` (from `new_kv`) x holds
+        steps step..step+T-1 of a short sequence whose earlier steps are in `kv` (one buffer per layer)."""
         if kv is None:
             for layer in self.layers:
                 x = layer(x, step)
@@ -116,10 +116,7 @@ class Transformer(nn.Module):
                 x = layer(x, step, layer_kv)
         return x
 
-    def new_kv(self, batch_size: int, length: int) -> torch.Tensor:
-        """A zeroed key/value buffer [L, 2, B, H, length, Dh] for step-by-step calls; reusable across sequences
-        (each step overwrites its slot before reading it)."""
-        attn = self.layers[0].attn
-        w = attn.out_proj.weight
-        return torch.zeros(len(self.layers), 2, batch_size, attn.num_heads, length, attn.head_dim,
-                           device=w.device, dtype=w.dtype)
+    def new_kv(self, batch_size: int, length: int) -> list[KVBuffer]:
+        """Key/value buffers (one per layer, [2, B, H, length, Dh] each, one allocation) for step-by-step calls;
+        reusable across sequences (each step overwrites its slot before reading it)."""
+        return new_kv_buffers([layer.attn for layer in self.layers], batch_size, length)
