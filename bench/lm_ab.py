@@ -2,7 +2,8 @@
 
 Each round runs one short subprocess per checkout, alternating (A, B, A, B, ...), each importing `openmoshi`
 from its own checkout, building the same bench config with the same seeded random weights and timing
-`LMGenerator.step` (1 thread, greedy-free default sampling, medians). Reports per-round medians and the median
+`LMGenerator.step` in CPU time of the process (`time.process_time`, 1 thread: time spent waiting for a core
+on a busy machine is not counted), default sampling, medians. Reports per-round medians and the median
 of the B / A ratios, which the machine's noise affects far less than absolute timings.
 
     .venv/bin/python bench/lm_ab.py /path/to/checkout_A /path/to/checkout_B [--rounds 5] [--steps 30]
@@ -44,10 +45,10 @@ user = torch.randint(0, cfg.card, (steps + warmup, 1, cfg.num_user_codebooks), g
 times = []
 with torch.no_grad(), LMGenerator(model, 1, seed=0) as gen:
     for i in range(steps + warmup):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         gen.step(user[i])
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
 print(json.dumps({"ms": 1e3 * statistics.median(times)}))
 """
 
