@@ -40,9 +40,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One fused op (fewer kernel launches than the written-out maths, which matters in the depth steps).
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+        w = self.weight
+        if x.dtype == torch.float32 and w.dtype == torch.float32:
+            return torch.rms_norm(x, w.shape, w, self.eps)
+        return torch.rms_norm(x.float(), w.shape, w.float(), self.eps).to(x.dtype)
 
 
 class LayerScale(nn.Module):
