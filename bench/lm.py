@@ -7,6 +7,7 @@ Both sample with the default settings (text 0.7/25, audio 0.8/250). Steps are in
 
     .venv/bin/python bench/lm.py [--threads 1 2] [--steps 40] [--layers 8] [--batch 1]
     .venv/bin/python bench/lm.py --full-7b   # random bf16 7B weights, a few steps of ours only (needs ~17 GB)
+    .venv/bin/python bench/lm.py --compile --modes narrow   # our frame step: eager vs torch.compile (inductor)
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ def fill_context(gen: LMGenerator, lm_gen) -> None:
         if st is not None and hasattr(st, "positions"):
             st.positions.copy_(torch.arange(C))
             st.offset.fill_(C)
-            st.filled = C
     for m in lm_gen.lm_model.transformer.modules():
         if isinstance(m, StreamingMultiheadAttention):
             st = m._streaming_state
@@ -170,6 +170,44 @@ def full_7b(steps: int, threads: int, reference: bool) -> None:
           f"{steps - 1} steps (first {times[0]:.2f} s); peak RSS {peak:.1f} GiB")
 
 
+def compile_pair(cfg: LMConfig, threads: int, steps: int, warmup: int, batch: int, backend: str) -> dict:
+    """`LMModel.frame_step` (greedy) in static-shape mode, eager against torch.compile(backend), alternating step by
+    step on the same stream (the outputs are the same), after a warm-up that includes the compilation."""
+    from openmoshi.lm.model import LMModel
+    from openmoshi.nn.attention import set_static_shapes
+    from openmoshi.nn.streaming import streaming
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = LMModel(cfg).eval()
+    _fill_random(model)
+    set_static_shapes(model, True)
+
+    def greedy(logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=-1)
+
+    compiled = torch.compile(model.frame_step, backend=backend, fullgraph=True)
+    tokens = torch.randint(0, cfg.card, (batch, cfg.num_streams, 1))
+    tokens[:, 0] = 0
+    cache = model.depformer.new_cache(batch)
+    t_eager, t_comp = [], []
+    with torch.no_grad(), streaming(model.transformer, batch):
+        t0 = time.perf_counter()
+        compiled(tokens, greedy, greedy, cache)
+        compile_s = time.perf_counter() - t0
+        for i in range(steps + warmup):
+            t0 = time.perf_counter()
+            model.frame_step(tokens, greedy, greedy, cache)
+            t1 = time.perf_counter()
+            compiled(tokens, greedy, greedy, cache)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                t_eager.append(t1 - t0)
+                t_comp.append(t2 - t1)
+    return {"eager_ms": 1e3 * statistics.median(t_eager), "compiled_ms": 1e3 * statistics.median(t_comp),
+            "compile_s": compile_s}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -183,7 +221,19 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["fresh", "full", "narrow"], choices=["fresh", "full", "narrow"],
                    help="fresh: a new conversation; full: the temporal context window already full; "
                         "narrow: fresh at width 64 (per-op overhead only)")
+    p.add_argument("--compile", action="store_true",
+                   help="our frame step only: eager vs torch.compile (static-shape mode, greedy)")
+    p.add_argument("--backend", default="inductor", help="with --compile: the torch.compile backend")
     args = p.parse_args()
+    if args.compile:
+        for mode in args.modes:
+            for threads in args.threads:
+                c = bench_config(args.layers, narrow=mode == "narrow")
+                r = compile_pair(c, threads, args.steps, args.warmup, args.batch, args.backend)
+                print(f"{mode:5s} threads {threads}: eager {r['eager_ms']:.1f} ms/step, {args.backend} "
+                      f"{r['compiled_ms']:.1f} ms/step, ratio {r['eager_ms'] / r['compiled_ms']:.2f}x "
+                      f"(first call with compilation {r['compile_s']:.0f} s)")
+        return
     if args.full_7b:
         full_7b(max(args.steps, 2), args.threads[0], args.reference)
         return

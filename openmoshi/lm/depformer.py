@@ -15,20 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..nn.attention import KVBuffer
+from ..nn.init import init_weights
 from ..nn.linear import StepLinear
 from ..nn.transformer import Transformer, TransformerConfig
 from .config import LMConfig
 from .embeddings import Embedding, StackedEmbedding
-
-
-def _rms(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """The layer's fp32 RMSNorm as one fused op (same maths as nn.norms.RMSNorm, fewer kernel launches)."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)
-    return F.rms_norm(x.float(), norm.weight.shape, norm.weight.float(), norm.eps).to(x.dtype)
 
 
 class DepthTransformer(nn.Module):
@@ -50,9 +44,13 @@ class DepthTransformer(nn.Module):
         )
         self.heads = StepLinear(Dd, cfg.card, S, **kw)
 
-    def forward_train(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits: h [B, T, D], tokens [B, S, T] (text, then codebooks 0..S-2 fed to steps
-        1..S-1; the last codebook is never an input) -> logits [B, S, T, card]."""
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter in place (after `to_empty` from the meta device)."""
+        init_weights(self)
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The training pass, teacher-forced logits: h [B, T, D], tokens [B, S, T] (text, then codebooks
+        0..S-2 fed to steps 1..S-1; the last codebook is never an input) -> logits [B, S, T, card]."""
         B, T, D = h.shape
         S = self.num_steps
         x = h.reshape(B * T, 1, D).expand(B * T, S, D)
@@ -65,54 +63,40 @@ class DepthTransformer(nn.Module):
         y = self.heads(self.transformer(x))  # [B*T, S, card]
         return y.view(B, T, S, -1).permute(0, 2, 1, 3)
 
-    def new_cache(self, batch_size: int) -> torch.Tensor:
-        """Key/value buffer of one time step's depth sequence: [L, 2, B, H, S, Dh], allocated once."""
-        layer = self.transformer.layers[0].attn
-        w = layer.out_proj.weight
-        return torch.zeros(len(self.transformer.layers), 2, batch_size, layer.num_heads, self.num_steps,
-                           layer.head_dim, device=w.device, dtype=w.dtype)
+    def new_cache(self, batch_size: int) -> list[KVBuffer]:
+        """Key/value buffers of one time step's depth sequence ([2, B, H, S, Dh] per layer), allocated once."""
+        return self.transformer.new_kv(batch_size, self.num_steps)
 
     def generate(
         self,
         h: torch.Tensor,
         text_token: torch.Tensor,
         sample_fn: Callable[[torch.Tensor], torch.Tensor],
-        cache: torch.Tensor | None = None,
+        cache: list[KVBuffer] | None = None,
+        logits_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One time step's codebooks: h [B, D], text_token [B] -> tokens [B, S].
 
-        `sample_fn` maps logits [B, card] to tokens [B]; `cache` from `new_cache(B)` (reused across calls).
-        This is the streaming form of `transformer` (same weights, same maths as its batch forward), written
-        out for a single position per call: depth step k attends to steps 0..k of this time step only, so the
-        key/value buffer needs no positions, masks or ring; only the Python overhead per layer matters here.
+        `sample_fn` maps logits [B, card] to tokens [B]; `cache` from `new_cache(B)` (reused across calls);
+        `logits_out`, when given, receives each step's logits [B, card] (differentiable outside no_grad).
+        The same modules as `forward`, one depth step at a time: step k runs `transformer(x, k, cache)`, which
+        attends to steps 0..k of this time step (their keys/values in `cache`), then `heads` at step k.
         """
         B, D = h.shape
         S = self.num_steps
         if cache is None:
             cache = self.new_cache(B)
-        # All S input projections of h in one matmul: [B, D] x [S*Dd, D]^T -> [B, S, Dd].
-        proj = (h @ self.in_proj.weight.reshape(-1, D).t()).view(B, S, -1)
-        prev = self.text_emb(text_token)
+        # All S input projections of h in one call: step k of [B, S, D] uses in_proj[k].
+        proj = self.in_proj(h[:, None].expand(B, S, D))  # [B, S, Dd]
+        prev = self.text_emb(text_token)[:, None]  # [B, 1, Dd]
         out = []
         for k in range(S):
-            x = proj[:, k] + prev
-            for i, layer in enumerate(self.transformer.layers):
-                x = self._layer_step(layer, x, k, cache[i])
-            token = sample_fn(x @ self.heads.weight[k].t())
+            x = self.transformer(proj[:, k:k + 1] + prev, k, cache)
+            logits = self.heads(x, k)[:, 0]
+            if logits_out is not None:
+                logits_out.append(logits)
+            token = sample_fn(logits)
             out.append(token)
             if k + 1 < S:
-                prev = self.audio_emb.lookup(token, k)
+                prev = self.audio_emb.lookup(token[:, None], k)
         return torch.stack(out, dim=1)
-
-    @staticmethod
-    def _layer_step(layer: nn.Module, x: torch.Tensor, k: int, kv: torch.Tensor) -> torch.Tensor:
-        """Depth step k of one layer: x [B, Dd] -> [B, Dd]; kv [2, B, H, S, Dh] holds steps < k."""
-        attn, ff = layer.attn, layer.ff
-        B = x.shape[0]
-        H, Dh = attn.num_heads, attn.head_dim
-        qkv = (_rms(x, layer.norm1) @ attn.in_proj.weight[k].t()).view(B, 3, H, 1, Dh)
-        kv[:, :, :, k : k + 1] = qkv[:, 1:].transpose(0, 1)
-        y = F.scaled_dot_product_attention(qkv[:, 0], kv[0, :, :, : k + 1], kv[1, :, :, : k + 1])
-        x = torch.addmm(x, y.view(B, H * Dh), attn.out_proj.weight[k].t())
-        gate, up = (_rms(x, layer.norm2) @ ff.linear_in.weight[k].t()).chunk(2, dim=-1)
-        return torch.addmm(x, F.silu(gate) * up, ff.linear_out.weight[k].t())

@@ -19,7 +19,10 @@ class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int, device=None, dtype=None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, dim, device=device, dtype=dtype))
-        nn.init.normal_(self.weight, std=dim**-0.5)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.weight.shape[-1] ** -0.5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         valid = tokens != ZERO_TOKEN_ID
@@ -37,7 +40,10 @@ class StackedEmbedding(nn.Module):
         super().__init__()
         self.num_tables, self.num_embeddings = num_tables, num_embeddings
         self.weight = nn.Parameter(torch.empty(num_tables, num_embeddings, dim, device=device, dtype=dtype))
-        nn.init.normal_(self.weight, std=dim**-0.5)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.weight.shape[-1] ** -0.5)
 
     def lookup(self, tokens: torch.Tensor, table: int) -> torch.Tensor:
         """tokens [...] looked up in one table -> [..., D]."""

@@ -11,11 +11,14 @@ Parameters: `audio_emb.weight` [n_q, card + 1, D], `text_emb.weight` [text_card 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..nn.attention import KVBuffer
+from ..nn.init import init_weights
 from ..nn.norms import RMSNorm
 from ..nn.transformer import Transformer, TransformerConfig
 from .config import LMConfig
@@ -29,7 +32,8 @@ class LMOutput:
     """Teacher-forced outputs aligned with the input codes (no extra shift needed for a loss).
 
     text_logits [B, 1, T, text_card], text_mask [B, 1, T]; audio_logits [B, dep_q, T, card],
-    audio_mask [B, dep_q, T]. Masked positions (no valid target) hold NaN logits.
+    audio_mask [B, dep_q, T]. Masked positions (no valid target) hold 0 logits (never NaN, so a loss that
+    multiplies by the mask stays finite; `lm.loss` selects the valid positions anyway).
     """
 
     text_logits: torch.Tensor
@@ -49,6 +53,11 @@ class LMModel(nn.Module):
         self.out_norm = RMSNorm(cfg.dim, cfg.norm_eps, **kw)
         self.text_linear = nn.Linear(cfg.dim, cfg.text_card, bias=False, **kw)
         self.depformer = DepthTransformer(cfg, **kw)
+
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter in place (after `to_empty` of a model built on the meta device):
+        embeddings N(0, 1/D), linears uniform in +-1/sqrt(fan_in), norms 1."""
+        init_weights(self)
 
     @staticmethod
     def temporal_config(cfg: LMConfig) -> TransformerConfig:
@@ -86,12 +95,29 @@ class LMModel(nn.Module):
         h = self.out_norm(self.transformer(self.embed(tokens)))
         return h, self.text_linear(h)
 
-    def forward_train(self, codes: torch.Tensor) -> LMOutput:
-        """Teacher-forced forward: codes [B, K, T] on the input grid (-1 allowed: no input, no target).
+    def frame_step(
+        self,
+        tokens: torch.Tensor,
+        sample_text: Callable[[torch.Tensor], torch.Tensor],
+        sample_audio: Callable[[torch.Tensor], torch.Tensor],
+        depth_cache: list[KVBuffer],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One 80 ms generation step: tokens [B, K, 1] (under `streaming(model.transformer, B)`) ->
+        (text [B], audio [B, dep_q]). The temporal step, text sampling, then the depth transformer's codebooks.
+
+        `depth_cache` from `depformer.new_cache(B)`. With `set_static_shapes(model, True)` this function has
+        no data-dependent shapes and no host values: `torch.compile` compiles it once.
+        """
+        h, text_logits = self.forward_temporal(tokens)
+        text = sample_text(text_logits[:, 0])
+        return text, self.depformer.generate(h[:, 0], text, sample_audio, depth_cache)
+
+    def forward(self, codes: torch.Tensor) -> LMOutput:
+        """The training pass, teacher-forced: codes [B, K, T] on the input grid (-1 allowed: no input, no target).
 
         Streams are delayed (initial tokens in front), one all-initial step is prepended and the last dropped;
         the logits at delayed position t predict the delayed tokens at t and are undelayed back onto the input
-        grid. Positions without a target (past the end after undelaying, or a -1 code) are masked.
+        grid. Positions without a target (past the end after undelaying, or a -1 code) are masked, their logits 0.
         """
         cfg = self.cfg
         B, K, T = codes.shape
@@ -101,9 +127,11 @@ class LMModel(nn.Module):
         delayed = delay_codes(codes, cfg.delays, initial)
         inputs = torch.cat([initial.view(1, K, 1).expand(B, K, 1), delayed[:, :, :-1]], dim=2)
         h, text_logits = self.forward_temporal(inputs)
-        audio_logits = self.depformer.forward_train(h, delayed[:, : cfg.dep_q])
-        text_logits, text_mask = undelay(text_logits[:, None], cfg.delays[:1])
-        audio_logits, audio_mask = undelay(audio_logits, cfg.delays[1 : cfg.dep_q + 1])
+        audio_logits = self.depformer(h, delayed[:, : cfg.dep_q])
+        text_logits, text_mask = undelay(text_logits[:, None], cfg.delays[:1], fill_value=0.0)
+        audio_logits, audio_mask = undelay(audio_logits, cfg.delays[1 : cfg.dep_q + 1], fill_value=0.0)
         text_mask &= codes[:, :1] != -1
         audio_mask &= codes[:, 1 : cfg.dep_q + 1] != -1
+        text_logits = text_logits.masked_fill(~text_mask[..., None], 0.0)
+        audio_logits = audio_logits.masked_fill(~audio_mask[..., None], 0.0)
         return LMOutput(text_logits, text_mask, audio_logits, audio_mask)

@@ -19,7 +19,11 @@ class StepLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.num_steps = in_features, out_features, num_steps
         self.weight = nn.Parameter(torch.empty(num_steps, out_features, in_features, device=device, dtype=dtype))
-        bound = 1 / math.sqrt(in_features)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in +-1/sqrt(in), each step's matrix like a default nn.Linear's."""
+        bound = 1 / math.sqrt(self.in_features)
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:

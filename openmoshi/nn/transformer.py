@@ -2,7 +2,9 @@
 
 Layer: x = x + ls1(attn(norm1(x))); x = x + ls2(ff(norm2(x))). Layout [B, T, D].
 With `num_steps` > 0 (the depth transformer) attention projections and feed-forward weights are per step: the
-t-th position of a stream uses the t-th weights; norms are shared.
+t-th position of a sequence uses the t-th weights; norms are shared. Such a stack is run whole (training) or one
+step at a time, `forward(x, step, kv)` with a key/value buffer from `new_kv` (generation): the same modules
+either way, so wrappers and hooks (FSDP, LoRA, forward hooks) see both.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention
-from .linear import apply_linear, make_linear
+from .attention import Attention, KVBuffer, new_kv_buffers
+from .linear import make_linear
 from .norms import LayerScale, make_norm
 
 
@@ -52,6 +54,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, gating: str, num_steps: int = 0, device=None, dtype=None) -> None:
         super().__init__()
         self.gated = gating == "silu"
+        self.dim, self.hidden, self.num_steps = dim, hidden, num_steps
         kw = {"device": device, "dtype": dtype}
         if self.gated:
             self.linear_in = make_linear(dim, 2 * hidden, num_steps, **kw)
@@ -61,9 +64,12 @@ class FeedForward(nn.Module):
             self.linear2 = make_linear(hidden, dim, **kw)
 
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        if self.gated and self.num_steps:
+            gate, up = self.linear_in(x, step).chunk(2, dim=-1)
+            return self.linear_out(F.silu(gate) * up, step)
         if self.gated:
-            gate, up = apply_linear(self.linear_in, x, step).chunk(2, dim=-1)
-            return apply_linear(self.linear_out, F.silu(gate) * up, step)
+            gate, up = self.linear_in(x).chunk(2, dim=-1)
+            return self.linear_out(F.silu(gate) * up)
         return self.linear2(F.gelu(self.linear1(x)))
 
 
@@ -77,16 +83,18 @@ class TransformerLayer(nn.Module):
                               cfg.stream_chunk, **kw)
         self.norm2 = make_norm(cfg.norm, d, cfg.norm_eps, **kw)
         self.ff = FeedForward(d, cfg.dim_feedforward, cfg.gating, cfg.num_steps, **kw)
+        self.layer_scale_1: LayerScale | None = None
+        self.layer_scale_2: LayerScale | None = None
         if cfg.layer_scale is not None:
-            self.layer_scale_1: nn.Module = LayerScale(d, cfg.layer_scale, **kw)
-            self.layer_scale_2: nn.Module = LayerScale(d, cfg.layer_scale, **kw)
-        else:
-            self.layer_scale_1 = self.layer_scale_2 = nn.Identity()
+            self.layer_scale_1 = LayerScale(d, cfg.layer_scale, **kw)
+            self.layer_scale_2 = LayerScale(d, cfg.layer_scale, **kw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        step = self.attn.step  # read before attention advances it
-        x = x + self.layer_scale_1(self.attn(self.norm1(x)))
-        return x + self.layer_scale_2(self.ff(self.norm2(x), step))
+    def forward(self, x: torch.Tensor, step: int = 0, kv: KVBuffer | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]; `step` / `kv`: see Attention.forward."""
+        a = self.attn(self.norm1(x), step, kv)
+        x = x + (a if self.layer_scale_1 is None else self.layer_scale_1(a))
+        f = self.ff(self.norm2(x), step)
+        return x + (f if self.layer_scale_2 is None else self.layer_scale_2(f))
 
 
 class Transformer(nn.Module):
@@ -97,7 +105,18 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(TransformerLayer(cfg, device=device, dtype=dtype) for _ in range(cfg.num_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x: torch.Tensor, step: int = 0, kv: list[KVBuffer] | None = None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]. Batch, or streaming under `streaming(...)`; with `kv` (from `new_kv`) x holds
+        steps step..step+T-1 of a short sequence whose earlier steps are in `kv` (one buffer per layer)."""
+        if kv is None:
+            for layer in self.layers:
+                x = layer(x, step)
+        else:
+            for layer, layer_kv in zip(self.layers, kv, strict=True):
+                x = layer(x, step, layer_kv)
         return x
+
+    def new_kv(self, batch_size: int, length: int) -> list[KVBuffer]:
+        """Key/value buffers (one per layer, [2, B, H, length, Dh] each, one allocation) for step-by-step calls;
+        reusable across sequences (each step overwrites its slot before reading it)."""
+        return new_kv_buffers([layer.attn for layer in self.layers], batch_size, length)

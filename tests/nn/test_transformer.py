@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from openmoshi.nn.attention import set_static_shapes
 from openmoshi.nn.streaming import reset_streaming, set_exec_mask, streaming
 from openmoshi.nn.transformer import Transformer, TransformerConfig
 
@@ -91,11 +92,13 @@ def test_per_step_weights_stream_one_step_at_a_time():
     x = torch.randn(3, 4, 32)
     with torch.no_grad():
         ref = model(x)
-        with streaming(model, 3):
-            for _frame in range(2):  # the depth transformer restarts every frame
-                out = torch.cat([model(x[:, t:t + 1]) for t in range(4)], dim=1)
-                torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-                reset_streaming(model)
+        kv = model.new_kv(3, 4)
+        for _frame in range(2):  # the depth transformer restarts every frame, reusing its buffer
+            out = torch.cat([model(x[:, t:t + 1], t, kv) for t in range(4)], dim=1)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        # two steps per call (causal within the call) give the same
+        out = torch.cat([model(x[:, t:t + 2], t, kv) for t in (0, 2)], dim=1)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     # step t really uses weights t: changing weights of step 2 changes only position 2 onward
     with torch.no_grad():
         model.layers[0].ff.linear_out.weight[2] += 1.0
@@ -104,6 +107,8 @@ def test_per_step_weights_stream_one_step_at_a_time():
     assert not torch.allclose(changed[:, 2], ref[:, 2])
     with pytest.raises(ValueError, match="exceed"):
         model(torch.randn(1, 5, 32))
+    with pytest.raises(ValueError, match="exceed"):
+        model(torch.randn(1, 2, 32), 3, model.new_kv(1, 4))
 
 
 def test_config_errors_are_clear():
@@ -133,3 +138,48 @@ def test_skipped_rows_far_past_the_window(stream_chunk, chunk):
     with torch.no_grad():
         ref = model(x)
     torch.testing.assert_close(torch.cat(got, dim=1), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stream_chunk,sizes", [(1, [1] * 30), (2, [2] * 15), (2, [1, 2, 5, 2, 2, 7, 1, 2, 8])])
+def test_static_shapes_mode_equals_batch_and_keeps_state_in_place(stream_chunk, sizes):
+    """Static-shape streaming attends the whole ring under a mask: same outputs; the state tensors are the ones
+    allocated on entry (updated in place), and the per-row offsets are device tensors."""
+    model = Transformer(_cfg(stream_chunk=stream_chunk, context=6)).eval()
+    set_static_shapes(model, True)
+    x = torch.randn(2, 30, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with streaming(model, 2):
+            states = [layer.attn.state for layer in model.layers]
+            ptrs = [(s.keys.data_ptr(), s.values.data_ptr(), s.positions.data_ptr(), s.offset.data_ptr())
+                    for s in states]
+            outs, start = [], 0
+            for n in sizes:
+                outs.append(model(x[:, start:start + n]))
+                start += n
+            assert [layer.attn.state for layer in model.layers] == states
+            assert ptrs == [(s.keys.data_ptr(), s.values.data_ptr(), s.positions.data_ptr(), s.offset.data_ptr())
+                            for s in states]
+            assert states[0].offset.tolist() == [30, 30]
+    torch.testing.assert_close(torch.cat(outs, dim=1), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_eager_prefix_follows_offsets_written_from_outside():
+    """The eager mode reads only the ring prefix that can hold keys; a row's state written from outside (as a
+    restored snapshot does, in place) is picked up, not hidden by the stale host-side bound."""
+    model = Transformer(_cfg(context=8, num_layers=1)).eval()
+    x = torch.randn(1, 12, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with streaming(model, 1):
+            for t in range(10):
+                model(x[:, t:t + 1])
+            snap = {k: v.clone() for k, v in vars(model.layers[0].attn.state).items() if torch.is_tensor(v)}
+        with streaming(model, 1):
+            model(x[:, :1])  # the fresh context's bound is now 1
+            state = model.layers[0].attn.state
+            for k, v in snap.items():
+                if k != "exec_mask":
+                    getattr(state, k).copy_(v)
+            out = torch.cat([model(x[:, t:t + 1]) for t in (10, 11)], dim=1)
+    torch.testing.assert_close(out, ref[:, 10:12], rtol=1e-5, atol=1e-5)
