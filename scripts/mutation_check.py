@@ -11,6 +11,7 @@ file. Results: CAUGHT (a test failed), MISSED (every test passed), STALE, ERROR 
     python scripts/mutation_check.py                 # every mutation
     python scripts/mutation_check.py --list          # names, files and tests
     python scripts/mutation_check.py -k window -k rope --baseline   # a subset, after checking its tests pass
+    python scripts/mutation_check.py -k priming --all-failures --tests tests/inference   # how many tests fail
 Exit status: 0 when every selected mutation is caught, 1 otherwise.
 """
 
@@ -92,8 +93,9 @@ MUTATIONS: list[Mutation] = [
       "text_mask &= codes[:, :1] != -1", "text_mask |= codes[:, :1] == -1",
       ["tests/lm/test_lm_model.py"]),
     # ---- the generator: ring, delays, sampling settings, resets --------------------------------------------
-    M("generator-ring-one-short", "openmoshi/inference/generator.py",
-      "self.ring = self.max_delay + 2", "self.ring = self.max_delay + 1",
+    # (max_delay + 1 slots would be enough: per stream the live slots span max_delay + 1 steps)
+    M("generator-ring-too-short", "openmoshi/inference/generator.py",
+      "self.ring = self.max_delay + 2", "self.ring = self.max_delay",
       ["tests/inference/test_generator_parity.py"]),
     M("generator-reads-initial-one-step-short", "openmoshi/inference/generator.py",
       "is_init = offsets[:, None] <= delays  # [B, K]", "is_init = offsets[:, None] < delays  # [B, K]",
@@ -166,9 +168,9 @@ def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=ignore, symlinks=True)
 
 
-def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[int, str]:
+def run_tests(copy: Path, tests: list[str], timeout: float, stop: bool = True) -> tuple[int, str]:
     env = {**os.environ, "NO_TORCH_COMPILE": "1", "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", *(["-x"] if stop else []), "-q", "-p", "no:cacheprovider", *tests]
     try:
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -196,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--baseline", action="store_true", help="first check the selected tests pass unmutated")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutation (default 900)")
+    parser.add_argument("--all-failures", action="store_true",
+                        help="run every listed test (no -x): how many tests catch each mutation")
+    parser.add_argument("--tests", nargs="+", default=None, metavar="TEST",
+                        help="run these tests instead of each mutation's own list")
     args = parser.parse_args(argv)
     selected = [m for m in MUTATIONS if not args.only or any(s in m.name for s in args.only)]
     if args.list:
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the copy does not import its own openmoshi: {check.stdout}{check.stderr}", file=sys.stderr)
             return 2
         if args.baseline:
-            tests = sorted({t for m in selected for t in m.tests})
+            tests = args.tests or sorted({t for m in selected for t in m.tests})
             rc, last = run_tests(copy, tests, args.timeout * 4)
             print(f"baseline ({len(tests)} test files): {'ok' if rc == 0 else 'FAILS'}  {last}", flush=True)
             if rc != 0:
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 status, detail = "STALE", f"snippet not found exactly once in {m.file}: {m.original!r}"
             else:
                 try:
-                    rc, detail = run_tests(copy, m.tests, args.timeout)
+                    rc, detail = run_tests(copy, args.tests or m.tests, args.timeout, stop=not args.all_failures)
                 finally:
                     (copy / m.file).write_text(original)
                 status = {0: "MISSED", 1: "CAUGHT"}.get(rc, "ERROR")
