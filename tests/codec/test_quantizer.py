@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from codec_testutils import random_state
+from torch import Tensor
 
 from openmoshi.codec.checkpoint import load_state
 from openmoshi.codec.quantizer import EuclideanCodebook, QuantizerConfig, SplitResidualVQ
@@ -54,17 +55,55 @@ def test_shapes_and_any_number_of_codebooks(k: int) -> None:
     assert q.decode(codes).shape == (3, 32, 11)
 
 
+def _representable() -> tuple[SplitResidualVQ, Tensor, Tensor]:
+    """A tiny split RVQ (float64) with latents it represents exactly, and their codes [2, 8, 40].
+
+    The semantic part reads and writes latent channels 0..15, the acoustic part 16..31 (identity projections);
+    acoustic level l has entries of scale 0.1**l, so what the levels after l add is far smaller than the spacing
+    of level l's entries and the greedy residual search finds every level's code back. The latents are built here
+    as sums of codebook entries, without the quantizer's decode.
+    """
+    cfg = QuantizerConfig.tiny()
+    q = SplitResidualVQ(cfg).double()
+    d, cd = cfg.dimension, cfg.codebook_dim
+    gen = torch.Generator().manual_seed(0)
+    eye = torch.eye(cd, dtype=torch.float64)
+    with torch.no_grad():
+        for part, lo in ((q.semantic, 0), (q.acoustic, cd)):
+            part.input_proj.zero_()[:, lo : lo + cd, 0] = eye
+            part.output_proj.zero_()[lo : lo + cd, :, 0] = eye
+            for level, cb in enumerate(part.codebooks):
+                # float32 values: the codebook cache's float32 division leaves them exact
+                cb.embedding_sum.copy_(torch.randn(cb.embedding_sum.shape, generator=gen) * 0.1**level)
+                cb.cluster_usage.fill_(1.0)
+    codes = torch.randint(0, cfg.codebook_size, (2, cfg.num_codebooks, 40), generator=gen)
+    latent = torch.zeros(2, d, 40, dtype=torch.float64)
+    latent[:, :cd] = q.semantic.codebooks[0].embedding_sum[codes[:, 0]].transpose(1, 2)
+    for level, cb in enumerate(q.acoustic.codebooks):
+        latent[:, cd:] += cb.embedding_sum[codes[:, 1 + level]].transpose(1, 2)
+    return q, latent, codes
+
+
+def test_quantizer_finds_the_codes_of_latents_it_represents() -> None:
+    q, latent, codes = _representable()
+    for k in range(1, q.cfg.num_codebooks + 1):
+        assert torch.equal(q.encode(latent, k), codes[:, :k]), k
+    torch.testing.assert_close(q.decode(codes), latent, atol=1e-12, rtol=0)
+
+
 def test_more_codebooks_reconstruct_better() -> None:
-    q = _random_tiny()
-    # Latents that the quantizer can represent: decoded codes of the semantic part, in the projected space.
-    z = torch.randn(2, 16, 40)
-    residual = z.transpose(1, 2).reshape(-1, 16)
+    """Each added level shrinks the error to exactly what the levels not used yet would add."""
+    q, latent, codes = _representable()
+    cd = q.cfg.codebook_dim
     errors = []
-    for level in range(len(q.acoustic.codebooks)):
-        cb = q.acoustic.codebooks[level]
-        residual = residual - cb.decode(cb.encode(residual))
-        errors.append(residual.pow(2).mean())
-    assert errors[-1] < errors[0]
+    for k in range(1, q.cfg.num_codebooks + 1):
+        error = (q.decode(q.encode(latent, k)) - latent).pow(2).sum()
+        rest = sum(cb.embedding_sum[codes[:, 1 + lvl]] for lvl, cb in enumerate(q.acoustic.codebooks) if lvl >= k - 1)
+        torch.testing.assert_close(error, torch.as_tensor(rest).pow(2).sum() if k < 8 else error.new_zeros(()),
+                                   atol=1e-12, rtol=1e-9)
+        errors.append(error.item())
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)) and errors[-1] < 1e-20, errors
+    assert latent[:, cd:].pow(2).sum() > 100 * errors[1]  # the first acoustic level did most of the work
 
 
 def test_decode_sums_the_two_parts() -> None:
@@ -119,3 +158,17 @@ def test_parity_with_reference_quantizer(seed: int) -> None:
                 assert same >= 0.999, same
             # Decoding the same codes gives the same latent.
             torch.testing.assert_close(ours.quantizer.decode(ref_codes), ref.decode(ref_codes), atol=1e-5, rtol=0)
+
+
+def test_codebook_cache_follows_in_place_edits_and_moves() -> None:
+    """docs/codec.md: the cached codebook refreshes after in-place edits of either buffer and after `.to()`."""
+    cb = EuclideanCodebook(4, 2)
+    cb.embedding_sum.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]]))
+    x = torch.tensor([[0.9, 0.0], [2.1, 0.0]])
+    assert torch.equal(cb.codebook[0], torch.tensor([1.0, 0])) and cb.encode(x).tolist() == [0, 0]
+    cb.embedding_sum[2].mul_(-2.0)  # entry 2 becomes [2, 0]
+    assert torch.equal(cb.codebook[2], torch.tensor([2.0, 0])) and cb.encode(x).tolist() == [0, 2]
+    cb.cluster_usage[0] = 0.5  # entry 0 becomes [2, 0] too: the first index wins the tie
+    assert torch.equal(cb.codebook[0], torch.tensor([2.0, 0])) and cb.encode(x).tolist() == [0, 0]
+    cb.double()
+    assert cb.codebook.dtype == torch.float64

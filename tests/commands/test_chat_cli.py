@@ -193,66 +193,6 @@ def test_microphone_mode_without_audio_device(monkeypatch, capsys):
     assert "no audio input device found" in capsys.readouterr().err
 
 
-class FakeStream:
-    """A duplex sounddevice stream: a thread calls the callback with microphone blocks, keeps what it plays."""
-
-    played: list = []
-
-    def __init__(self, samplerate, blocksize, channels, dtype, callback):
-        self.blocksize, self.callback = blocksize, callback
-        self.stop = False
-
-    def _run(self):
-        import time as _time
-
-        rng = np.random.default_rng(0)
-        for _ in range(200):
-            if self.stop:
-                break
-            indata = (0.1 * rng.standard_normal((self.blocksize, 1))).astype(np.float32)
-            outdata = np.empty((self.blocksize, 1), dtype=np.float32)
-            self.callback(indata, outdata, self.blocksize, None, None)
-            FakeStream.played.append(outdata[:, 0].copy())
-            _time.sleep(0.002)
-
-    def __enter__(self):
-        import threading
-
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join()
-
-
-def test_microphone_mode_with_a_fake_device(monkeypatch, tmp_path, capsys):
-    fake = types.SimpleNamespace(PortAudioError=RuntimeError, query_devices=lambda kind=None: {"name": kind},
-                                 Stream=FakeStream)
-    monkeypatch.setitem(sys.modules, "sounddevice", fake)
-    FakeStream.played = []
-    repo_dir = build_tiny_repo(tmp_path / "repo")
-    out = tmp_path / "live.wav"
-    frames = 12
-    duration = frames * 32 / 24000
-    assert cli.main(["chat", "--model", str(repo_dir), "--duration", str(duration), "--output", str(out),
-                     "--seed", "1", "--save-tokens", str(tmp_path / "t.npz")]) == 0
-    wav, _ = sf.read(str(out), dtype="float32")
-    assert wav.shape == (frames * 32, 2) and np.abs(wav[:, 1]).max() > 0 and np.abs(wav[:, 0]).max() > 0
-    tokens = np.load(tmp_path / "t.npz")
-    assert tokens["text"].shape == (frames + 1,)  # the first frame went to the generator twice
-    # what reached the speaker is Moshi's audio, frame by frame in order (blocks of silence where the model
-    # was late: underruns)
-    played = [b for b in FakeStream.played if np.abs(b).max() > 0]
-    moshi = wav[:, 0].reshape(frames, 32)
-    moshi = moshi[np.abs(moshi).max(axis=1) > 0]
-    assert len(played) >= len(moshi) // 2  # the last frames may still be queued when the stream stops
-    n = min(len(played), len(moshi))
-    np.testing.assert_allclose(np.clip(np.stack(played[:n]), -1, 1), moshi[:n], atol=1.5 / 32768)
-    assert "listening" in capsys.readouterr().err
-
-
 def test_outputs_never_collide_nor_replace_the_input(tmp_path, capsys):
     """`-o conv.json`, `--text-json` = `--output`, `-i X -o X`, `--save-tokens` = the input: refused before the
     model loads (the model folder does not even exist), every file byte for byte unchanged, nothing written."""

@@ -125,6 +125,11 @@ def test_reset_restarts_a_conversation(models):
             s.step(frames[t])
         s.reset(1)
         late = [s.step(frames[t]) for t in range(5, 10)]
+    with session(models, 2) as s:  # the same run without the reset: row 0 must not notice it
+        plain = [s.step(frames[t]) for t in range(10)][5:]
+    for o, p in zip(late, plain, strict=True):
+        assert torch.equal(o.text[0], p.text[0]) and torch.equal(o.audio[0], p.audio[0])
+        assert torch.equal(o.pcm[0], p.pcm[0])
     alone = run_single(models, frames[5:10, 1:2])
     for o, (text, audio, pcm) in zip(late, alone, strict=True):
         assert torch.equal(o.text[1], text) and torch.equal(o.audio[1], audio)
