@@ -1,9 +1,9 @@
 """`openmoshi chat`'s sampling settings reach the sampler: flags over the model's lm_gen_config over defaults.
 
 The tokens `--save-tokens` records are compared draw for draw with the reference LMGen sampling with the
-settings each rule should pick, seeded like the command (`--seed`): our sampler and Kyutai's draw the same
-tokens from the same seed (see tests/inference/test_sampling_settings.py), so a setting lost or taken from the
-wrong place changes tokens. Each test also checks that the settings it rules out give other tokens.
+settings each rule should pick: with the reference's noise substituted for ours (tests/inference/reference_noise.py)
+our sampler and Kyutai's draw the same tokens (see tests/inference/test_sampling_settings.py), so a setting lost
+or taken from the wrong place changes tokens. Each test also checks that the settings it rules out give other tokens.
 """
 
 import json
@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))  # sh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lm"))
 from lm_testutils import make_reference  # noqa: E402
 from moshi.models.lm import LMGen  # noqa: E402
+from reference_noise import reference_noise  # noqa: E402
 from runtime_testutils import build_tiny_repo, single_thread, tiny_lm_config  # noqa: E402, F401
 
 from openmoshi import cli  # noqa: E402
@@ -67,7 +68,8 @@ def reference_sampled(user_codes: np.ndarray, temp_text, top_k_text, temp, top_k
 
 def chat_tokens(repo_dir, tmp_path, *flags) -> tuple[np.ndarray, np.ndarray]:
     """(user codes [n_user, T], outputs [1 + dep_q, T]) of one `openmoshi chat` run over a short recording."""
-    tokens = run_chat(repo_dir, tmp_path, "--seed", str(RUN_SEED), *flags)
+    with reference_noise(RUN_SEED):
+        tokens = run_chat(repo_dir, tmp_path, "--seed", str(RUN_SEED), *flags)
     return tokens["user_codes"], np.concatenate([tokens["text"][None], tokens["audio"]])
 
 

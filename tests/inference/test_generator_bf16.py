@@ -34,13 +34,13 @@ def run(model, user, monkeypatch, replay=None):
     """Generate with `model`; returns (the logits of every sampler call, the tokens drawn)."""
     logits_seen, drawn = [], []
 
-    def recording_sample(logits, cfg, generator=None):
+    def recording_sample(logits, *settings):
         logits_seen.append(logits.float().clone())
         token = logits.argmax(-1) if replay is None else replay[len(drawn)]
         drawn.append(token)
         return token
 
-    monkeypatch.setattr(generator_module, "sample", recording_sample)
+    monkeypatch.setattr(generator_module, "sample_rows", recording_sample)
     with LMGenerator(model, user.shape[1], GREEDY, GREEDY) as gen:
         for t in range(user.shape[0]):
             gen.step(user[t])

@@ -1,11 +1,13 @@
 """Each sampling setting reaches the draw it is meant for, checked token for token against the reference.
 
 Kyutai's sampler (`moshi.utils.sampling.sample_token`) draws a categorical sample as argmax(p / Exp(1) noise),
-with the noise from torch's global generator, over the sorted top-k (or top-p) candidates. Ours uses the same
-exact method with a caller-owned generator, so seeding both alike gives the SAME tokens, not just the same
-distribution: these tests compare draws one for one (sampled, not greedy), for the sampler alone and for whole
-streaming generations against the reference LMGen, with text and audio settings chosen different so that text
-sampled with the audio settings (or the reverse), a setting ignored, or a temperature dropped changes tokens.
+with the noise from torch's global generator, over the sorted top-k (or top-p) candidates. Our batch sampler
+`sample` uses the same exact method with a caller-owned generator, and the generator's per-row sampler draws the
+same sample by Gumbel-max from its own counter-based noise: with that noise replaced by the reference's
+(tests/inference/reference_noise.py), seeding both alike gives the SAME tokens, not just the same distribution.
+These tests compare draws one for one (sampled, not greedy), for the sampler alone and for whole streaming
+generations against the reference LMGen, with text and audio settings chosen different so that text sampled
+with the audio settings (or the reverse), a setting ignored, or a temperature dropped changes tokens.
 """
 
 import sys
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lm"))  # shared LM
 import moshi.models.lm as ref_lm  # noqa: E402
 from lm_testutils import make_pair, one_thread  # noqa: E402
 from moshi.utils.sampling import sample_token  # noqa: E402
+from reference_noise import reference_noise  # noqa: E402
 
 from openmoshi.inference.generator import LMGenerator  # noqa: E402
 from openmoshi.inference.sampling import SamplingConfig, sample  # noqa: E402
@@ -102,7 +105,7 @@ def our_run(model, user, settings, seed, top_p=(0.0, 0.0)):
     text = SamplingConfig(temperature=temp_text, top_k=top_k_text, top_p=top_p[0])
     audio = SamplingConfig(temperature=temp, top_k=top_k, top_p=top_p[1])
     outs = []
-    with LMGenerator(model, user.shape[1], text_sampling=text, audio_sampling=audio, seed=seed) as g:
+    with reference_noise(seed), LMGenerator(model, user.shape[1], text_sampling=text, audio_sampling=audio) as g:
         for t in range(user.shape[0]):
             o = g.step(user[t] if user.shape[2] else None)
             outs.append(None if o is None else torch.cat([o.text[:, None], o.audio], dim=1))
