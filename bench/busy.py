@@ -94,11 +94,27 @@ def _spawn_neighbours(n: int) -> list[subprocess.Popen]:
 
 
 def _make_repo(folder: Path) -> Path:
-    sys.path[:0] = [str(ROOT / "tests" / "inference"), str(ROOT)]
+    """The tiny Moshi of the command tests, in Kyutai's layout: random reference weights (bench/ may import
+    `moshi`; it imports nothing from tests/)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
-    from runtime_testutils import build_tiny_repo
+    from moshi.models.lm import LMModel as RefLM
+    from moshi.models.loaders import get_mimi
 
-    return build_tiny_repo(folder / "tiny", seed=0)
+    from openmoshi.testing.kyutai import (
+        kyutai_tiny_mimi_config,
+        make_reference,
+        published_state_dict,
+        tiny_lm_config,
+        write_kyutai_repo,
+    )
+    from openmoshi.testing.mimi_init import random_like
+
+    cfg = tiny_lm_config()
+    lm_state = published_state_dict(make_reference(cfg, RefLM, seed=0))
+    mimi_state = random_like(get_mimi(None, mimi_config=kyutai_tiny_mimi_config()).state_dict(), 0)
+    return write_kyutai_repo(folder / "tiny", cfg, lm_state, mimi_state)
 
 
 def main() -> None:

@@ -89,8 +89,24 @@ class _AttentionState(StreamingState):
     seen_version: int = -2
 
     def reset(self, mask: torch.Tensor) -> None:
+        in_sync = self.host_hint() is not None
         self.positions.masked_fill_(mask[:, None], -1)
         self.offset.masked_fill_(mask, 0)
+        if in_sync:  # offsets only went down: the bound still holds (no device read needed for the next step)
+            self.seen_version = _version(self.offset)
+
+    def host_hint(self) -> int | None:
+        """The fill bound, when it is known to hold for the offsets as they are now."""
+        if self.seen_version < 0 or _version(self.offset) != self.seen_version:
+            return None
+        return self.fill_bound
+
+    def rows_written(self, before: object, written: object) -> None:
+        # Rows copied from a state whose bound was `written`, the others unchanged (bound `before`): the larger
+        # bound holds for all. Unknown either way: leave it stale, the next call re-reads the offsets.
+        if isinstance(before, int) and isinstance(written, int):
+            self.fill_bound = min(self.keys.shape[2], max(before, written))
+            self.seen_version = _version(self.offset)
 
     def prefix(self, T: int) -> int:
         """Ring slots a call of T steps must read (eager mode): max over rows of the slots written after it."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +38,16 @@ class StreamingState:
 
     def reset(self, mask: torch.Tensor) -> None:
         """Reset the rows where `mask` [B] is True. Subclasses extend this with their own fields."""
+
+    # Host-side hints: a layer may keep host values derived from its device state (attention's bound on the
+    # filled part of its ring) so that a step reads no device value. Writes from outside keep them valid here.
+    def host_hint(self) -> Any:
+        """A host-side summary of every row's state, valid now (None: the layer keeps none, or it is stale)."""
+        return None
+
+    def rows_written(self, before: Any, written: Any) -> None:
+        """Called after `set_state` / `StatePatch.apply` wrote some rows: `before` is `host_hint()` taken just
+        before the write, `written` the hint of the state the rows came from (either may be None)."""
 
 
 S = TypeVar("S", bound=StreamingState)
@@ -167,10 +177,12 @@ class StreamingSnapshot:
 
     layers: list[dict[str, torch.Tensor]]
     rows: int
+    hints: list[Any] = field(default_factory=list)  # per layer: its `host_hint()` when the snapshot was taken
 
     def to(self, device: torch.device | str) -> StreamingSnapshot:
         """A copy on `device` (e.g. "cpu" to park a conversation off the accelerator)."""
-        return StreamingSnapshot([{k: v.to(device) for k, v in layer.items()} for layer in self.layers], self.rows)
+        layers = [{k: v.to(device) for k, v in layer.items()} for layer in self.layers]
+        return StreamingSnapshot(layers, self.rows, list(self.hints))
 
 
 def get_state(module: nn.Module, rows: int | Sequence[int] | torch.Tensor) -> StreamingSnapshot:
@@ -178,7 +190,7 @@ def get_state(module: nn.Module, rows: int | Sequence[int] | torch.Tensor) -> St
     states = _states(module)
     index = _row_index(rows, states[0].batch_size, states[0].exec_mask.device)
     layers = [{name: t.index_select(0, index) for name, t in _row_fields(s).items()} for s in states]
-    return StreamingSnapshot(layers, index.numel())
+    return StreamingSnapshot(layers, index.numel(), [s.host_hint() for s in states])
 
 
 def set_state(module: nn.Module, rows: int | Sequence[int] | torch.Tensor, snapshot: StreamingSnapshot) -> None:
@@ -200,10 +212,13 @@ def set_state(module: nn.Module, rows: int | Sequence[int] | torch.Tensor, snaps
             if saved[name].shape[1:] != t.shape[1:]:
                 raise ValueError(f"snapshot field {name} has shape {list(saved[name].shape)}, "
                                  f"the state {list(t.shape)}")
-    for state, saved in zip(states, snapshot.layers, strict=True):
+    hints = snapshot.hints or [None] * len(states)
+    for state, saved, hint in zip(states, snapshot.layers, hints, strict=True):
+        before = state.host_hint()
         for name, t in _row_fields(state).items():
             src = saved[name].to(device=t.device, dtype=t.dtype)
             t[index] = src.expand(index.numel(), *src.shape[1:])
+        state.rows_written(before, hint)
 
 
 def fill_state(module: nn.Module, value: float) -> None:
@@ -219,6 +234,7 @@ class StatePatch:
     any rows: what a given computation from a reset row always leaves, whatever the row held before."""
 
     layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+    hints: list[Any] = field(default_factory=list)  # per layer: the host hint of the computation's result
 
     @staticmethod
     def between(a: StreamingSnapshot, b: StreamingSnapshot, fill_a: float, fill_b: float) -> StatePatch:
@@ -234,14 +250,16 @@ class StatePatch:
                 index = (~untouched).nonzero()[:, 0]
                 layer[name] = (index, ta0[index])
             layers.append(layer)
-        return StatePatch(layers)
+        return StatePatch(layers, list(a.hints))
 
     def apply(self, module: nn.Module, rows: Sequence[int] | torch.Tensor) -> None:
         """Write the patch into `rows` of every streaming layer of `module`, in place."""
         states = _states(module)
         index = _row_index(rows, states[0].batch_size, states[0].exec_mask.device)
         n = index.numel()
-        for state, patch in zip(states, self.layers, strict=True):
+        hints = self.hints or [None] * len(states)
+        for state, patch, hint in zip(states, self.layers, hints, strict=True):
+            before = state.host_hint()
             fields = _row_fields(state)
             for name, (flat, values) in patch.items():
                 t = fields[name]
@@ -251,3 +269,4 @@ class StatePatch:
                     part = t.index_select(0, index).reshape(n, -1)
                     part[:, flat] = values.expand(n, -1)
                     t[index] = part.view(n, *t.shape[1:])
+            state.rows_written(before, hint)

@@ -179,3 +179,26 @@ def test_seed_sequence_and_row_settings(models):
         outs = [row(s.step(f), 0) for f in frames]
     for a, b in zip(outs, alone(models, frames[:, 0], seed=42), strict=True):
         assert_same(a, b, "seed")
+
+
+def test_snapshot_restored_in_another_session(models):
+    """A conversation parked on the CPU moves to a new session of another batch size, into another row, beside
+    running conversations, and goes on exactly as it would have (sampled, its own seed)."""
+    fs, T = models.mimi.frame_size, 10
+    frames = user_audio(T, 2, 12, fs)
+    with DuplexSession(models.mimi, models.lm, 2, seed=6) as s:
+        for t in range(4):
+            s.step(frames[t])
+        snap = s.get_state(1).to("cpu")
+        later = [row(s.step(frames[t]), 1) for t in range(4, T)]
+    with DuplexSession(models.mimi, models.lm, 3, seed=30) as s:
+        for t in range(3):  # the other rows have their own history, longer than the snapshot's in places
+            s.step(user_audio(1, 3, 40 + t, fs)[0])
+        s.set_state(0, snap)
+        moved = []
+        for t in range(4, T):
+            f = user_audio(1, 3, 50 + t, fs)[0]
+            f[0] = frames[t, 1]
+            moved.append(row(s.step(f), 0))
+    for t, (a, b) in enumerate(zip(later, moved, strict=True)):
+        assert_same(a, b, t)
