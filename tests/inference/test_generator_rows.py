@@ -178,3 +178,29 @@ def test_snapshot_restores_a_conversation_in_place_and_in_another_row(model):
     with LMGenerator(model, 2) as gen, pytest.raises(ValueError, match="token ring"):
         bad = snap.__class__(snap.transformer, snap.tokens[:, :1], snap.offset, snap.settings, snap.steps)
         gen.set_state(0, bad)
+
+
+def test_seeds_select_different_draws_from_the_first_step_on(model):
+    """Eight rows started together from the same (shared) first-step logits, one seed each: their first text
+    tokens and audio frames differ between seeds (a row's noise that ignored its seed would give eight equal
+    draws: with a flat-ish distribution over 32 ids, all equal by chance has probability < 1e-9), and a seed
+    repeats its draws."""
+    cfg = model.cfg
+    flat = SamplingConfig(temperature=1.0, top_k=0)
+    user = _user(2, 8, cfg, seed=3)[:, :1].expand(-1, 8, -1)  # every row hears the same
+
+    def first_frames(seeds):
+        with LMGenerator(model, 8, text_sampling=flat, audio_sampling=flat) as gen:
+            for r, s in enumerate(seeds):
+                gen.start(r, seed=s)
+            out, t = None, 0
+            while out is None:  # the first frame out: the start's text and semantic draws, step 1's acoustic ones
+                out = gen.step(user[t])
+                t += 1
+        return torch.cat([out.text[:, None], out.audio], dim=1)
+
+    frames = first_frames(range(8))
+    assert len(set(frames[:, 0].tolist())) > 1, frames[:, 0]
+    assert len({tuple(f) for f in frames[:, 1:].tolist()}) > 1
+    assert torch.equal(first_frames(range(8)), frames)
+    assert torch.equal(first_frames([5] * 8), first_frames([5] * 8)[:1].expand(8, -1))
