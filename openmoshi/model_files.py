@@ -238,7 +238,10 @@ def _all_explicit(explicit: dict[str, str | None], roles: tuple[str, ...]) -> Mo
 
 
 # --dtype choices (the torch dtypes are in inference/models.py; names only here, so `--help` needs no torch).
-DTYPE_NAMES = ("bf16", "bfloat16", "float16", "float32", "fp16", "fp32")
+# The --dtype flag's spellings -> torch dtype names (torch-free here, so --help stays instant).
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+DTYPE_NAMES = tuple(sorted(DTYPES))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

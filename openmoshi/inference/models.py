@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model_files import (
-    DTYPE_NAMES,
+    DTYPES,
     ModelFiles,
     ModelFilesError,
     add_model_arguments,
@@ -30,9 +30,6 @@ if TYPE_CHECKING:  # the heavy modules (torch too) are imported when models are 
 __all__ = ["ModelFiles", "ModelFilesError", "LoadedModels", "is_repo_id", "resolve_model_files", "resolve_device",
            "resolve_dtype", "add_model_arguments", "files_from_args", "load_models", "models_from_args"]
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}  # flag -> torch dtype name
-assert set(_DTYPES) == set(DTYPE_NAMES)  # the flag's choices (model_files, torch-free) are these names
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -58,9 +55,9 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
     if name is None:
         return torch.float32 if device.type == "cpu" else torch.bfloat16
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
-    return getattr(torch, _DTYPES[name])
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return getattr(torch, DTYPES[name])
 
 
 @dataclass
