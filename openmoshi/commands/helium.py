@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..lm.config import DEFAULT_REPO
-from ..model_files import ModelFiles, ModelFilesError, resolve_model_files
+from ..model_files import DTYPE_NAMES, ModelFiles, ModelFilesError, resolve_model_files
 from . import common
 
 if TYPE_CHECKING:  # torch is imported by `main` only, so `openmoshi helium --help` stays instant
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=common.device, default=None,
                         help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     common.add_threads_argument(parser)
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                         help="default float32 on CPU, bfloat16 on GPU")
 
 
