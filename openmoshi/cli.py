@@ -20,6 +20,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("openmoshi.commands.codec", "encode audio to Mimi codes, decode codes to audio"),
     "helium": ("openmoshi.commands.helium", "run a checkpoint's temporal transformer as a text model"),
     "chat": ("openmoshi.commands.chat", "talk with Moshi, from a recording or a microphone"),
+    "serve": ("openmoshi.commands.serve", "serve Moshi to browsers and clients (websocket /api/chat, web page)"),
+    "client": ("openmoshi.commands.client", "talk to an openmoshi (or Kyutai) server: microphone or wav files"),
+}
+
+# Groups of commands: `openmoshi data check ...`. name -> (one-line help, {sub: (module, one-line help)}).
+GROUPS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
+    "data": ("datasets: check, prepare, synthesise", {
+        "check": ("openmoshi.commands.data_check", "validate a dataset manifest and list every problem"),
+        "prepare": ("openmoshi.commands.data_prepare", "compute Mimi codes and the text stream into shards"),
+        "synth": ("openmoshi.commands.data_synth", "generate spoken two-party conversations offline"),
+    }),
+    "train": ("training: the language model, the codec", {
+        "lm": ("openmoshi.commands.train_lm", "train or fine-tune (full or LoRA) the language model"),
+        "codec": ("openmoshi.commands.train_codec", "train a Mimi codec"),
+    }),
+    "eval": ("evaluation reports", {
+        "codec": ("openmoshi.commands.eval_codec", "evaluate a codec: bitrate, mel distance, SI-SDR, PESQ, STOI, WER"),
+        "dialogue": ("openmoshi.commands.eval_dialogue", "evaluate a Moshi on held-out conversations"),
+    }),
 }
 
 
@@ -42,7 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(_module=module_name)
         if name == chosen:
             importlib.import_module(module_name).add_arguments(p)
+    for name, (help_text, subcommands) in GROUPS.items():
+        g = sub.add_parser(name, help=help_text, description=help_text)
+        gsub = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+        g.set_defaults(_group=g)
+        for sub_name, (module_name, sub_help) in subcommands.items():
+            p = gsub.add_parser(sub_name, help=sub_help, description=sub_help)
+            p.set_defaults(_module=module_name)
+            if name == chosen and len(argv) > 1 and argv[1] == sub_name:
+                importlib.import_module(module_name).add_arguments(p)
     args = parser.parse_args(argv)
+    if args.command in GROUPS and getattr(args, "subcommand", None) is None:
+        args._group.print_help()
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
