@@ -47,7 +47,7 @@ class LoRALinear(nn.Linear):
     Built from an existing layer, whose weight Parameter it takes over (no copy).
     """
 
-    def __init__(self, base: nn.Linear, rank: int, scaling: float) -> None:
+    def __init__(self, base: nn.Linear, rank: int, scaling: float, dtype: torch.dtype | None = None) -> None:
         _check_rank_scaling(rank, scaling)
         if base.bias is not None:
             raise ValueError("LoRA wraps bias-free linears only")
@@ -56,7 +56,7 @@ class LoRALinear(nn.Linear):
         self.weight = base.weight
         self.register_parameter("bias", None)
         self.rank, self.scaling = rank, float(scaling)
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        kw = {"device": base.weight.device, "dtype": dtype or base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, rank, **kw))
         self.reset_parameters()
@@ -66,7 +66,9 @@ class LoRALinear(nn.Linear):
         _reset_adapters(self.lora_A, self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight) + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+        out = F.linear(x, self.weight)
+        low = F.linear(F.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B)  # .to: no-op for one dtype
+        return out + (self.scaling * low).to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B @ A [out, in], in float32 (what merging adds to the weight)."""
@@ -80,13 +82,13 @@ class LoRAStepLinear(StepLinear):
     """StepLinear plus one rank-r update per step: position t of an input starting at `step` uses
     weight[step + t] + scaling * lora_B[step + t] @ lora_A[step + t]. x [B, T, in] -> [B, T, out]."""
 
-    def __init__(self, base: StepLinear, rank: int, scaling: float) -> None:
+    def __init__(self, base: StepLinear, rank: int, scaling: float, dtype: torch.dtype | None = None) -> None:
         _check_rank_scaling(rank, scaling)
         nn.Module.__init__(self)  # not StepLinear's: it would allocate and initialise a weight we replace
         self.in_features, self.out_features, self.num_steps = base.in_features, base.out_features, base.num_steps
         self.weight = base.weight
         self.rank, self.scaling = rank, float(scaling)
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        kw = {"device": base.weight.device, "dtype": dtype or base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(self.num_steps, rank, self.in_features, **kw))
         self.lora_B = nn.Parameter(torch.empty(self.num_steps, self.out_features, rank, **kw))
         self.reset_parameters()
@@ -98,13 +100,14 @@ class LoRAStepLinear(StepLinear):
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         base = super().forward(x, step)  # also checks the step range
         T = x.shape[1]
+        x = x.to(self.lora_A.dtype)
         if T == 1:
             low = F.linear(F.linear(x, self.lora_A[step]), self.lora_B[step])
         else:
             # [T, B, in] x [T, in, r] -> [T, B, r] x [T, r, out] -> [T, B, out], one matmul per step.
             a = torch.bmm(x.transpose(0, 1), self.lora_A[step:step + T].transpose(1, 2))
             low = torch.bmm(a, self.lora_B[step:step + T].transpose(1, 2)).transpose(0, 1)
-        return base + self.scaling * low
+        return base + (self.scaling * low).to(base.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B[s] @ A[s] for every step [S, out, in], in float32."""
@@ -170,12 +173,14 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def apply_lora(model: nn.Module, rank: int, scaling: float, targets: Sequence[str] | None = None) -> int:
+def apply_lora(model: nn.Module, rank: int, scaling: float, targets: Sequence[str] | None = None, *,
+               dtype: torch.dtype | None = None) -> int:
     """Wrap the linears `targets` names (None: every linear, Kyutai's recipe) with rank-`rank` adapters and
     freeze every other parameter of `model` (only the adapters train). Returns the number of wrapped layers.
 
-    Adapters take the device and dtype of the weight they adapt (on the meta device: call `init_lora` after
-    `to_empty`). A model that already has adapters is refused (merge or rebuild it first).
+    Adapters take the device of the weight they adapt (on the meta device: call `init_lora` after `to_empty`)
+    and its dtype, or `dtype` (e.g. float32 adapters over bfloat16 weights: inputs are cast for the low-rank
+    path, its output back). A model that already has adapters is refused (merge or rebuild it first).
     """
     _check_rank_scaling(rank, scaling)
     if not isinstance(model, nn.Module):
@@ -191,7 +196,7 @@ def apply_lora(model: nn.Module, rank: int, scaling: float, targets: Sequence[st
         p.requires_grad_(False)
     for name, layer in chosen.items():
         cls = LoRAStepLinear if isinstance(layer, StepLinear) else LoRALinear
-        _set_submodule(model, name, cls(layer, rank, scaling))  # type: ignore[arg-type]
+        _set_submodule(model, name, cls(layer, rank, scaling, dtype))  # type: ignore[arg-type]
     return len(chosen)
 
 

@@ -201,6 +201,10 @@ def test_bad_adapter_files_are_refused_naming_the_problem(tmp_path):
     (sub / "config.json").write_text(json.dumps({"lora": True, "lora_rank": RANK, "lora_scaling": 3.0}))
     with pytest.raises(LoraError, match="conflicting LoRA scaling .*metadata says 1.5; .*config.json says 3"):
         load_lora(_fresh(), path)
+    with pytest.raises(LoraError, match="mis-shaped: .*text_linear.lora_A.weight"):  # another model's adapters
+        load_lora(LMModel(CFG.replace(dim=96, num_heads=4)), tmp_path / "good.safetensors")
+    with pytest.raises(LoraError, match=r"20 missing: depformer\.in_proj\.lora_A\[8, 9, "):  # more depth steps
+        load_lora(LMModel(CFG.replace(dep_q=16)), tmp_path / "good.safetensors")
     with pytest.raises(FileNotFoundError, match="LoRA adapter file not found"):
         load_lora(_fresh(), tmp_path / "nope.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")

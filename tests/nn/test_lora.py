@@ -213,3 +213,15 @@ def test_fsdp2_shards_and_trains_the_adapters(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     finally:
         dist.destroy_process_group()
+
+
+def test_float32_adapters_over_bfloat16_weights():
+    model = _model().to(torch.bfloat16)
+    apply_lora(model, 2, 1.0, dtype=torch.float32)
+    assert model.text_linear.lora_A.dtype == torch.float32 and model.text_linear.weight.dtype == torch.bfloat16
+    _randomize_adapters(model)
+    out = model(_codes())
+    assert out.audio_logits.dtype == torch.bfloat16
+    (out.audio_logits.float().square().mean()).backward()
+    assert model.depformer.heads.lora_B.grad.dtype == torch.float32
+    assert model.depformer.heads.lora_B.grad.abs().sum() > 0
