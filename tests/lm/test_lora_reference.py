@@ -229,3 +229,16 @@ def test_bad_adapter_files_are_refused_naming_the_problem(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a safetensors file"):
         load_lora(_fresh(), tmp_path / "junk.safetensors")
+
+
+def test_loading_into_a_model_with_adapters_replaces_them(tmp_path):
+    _, ours = _trained(steps=1)
+    path = save_lora(ours, tmp_path / "lora.safetensors")
+    other = LMModel(CFG).eval()
+    apply_lora(other, RANK, SCALING)
+    load_lora(other, path)  # e.g. resuming a LoRA run from its adapters
+    assert all(torch.equal(lora_state_dict(other)[k], v) for k, v in lora_state_dict(ours).items())
+    wrong = LMModel(CFG).eval()
+    apply_lora(wrong, RANK + 1, SCALING)
+    with pytest.raises(LoraError, match="already has adapters"):
+        load_lora(wrong, path)

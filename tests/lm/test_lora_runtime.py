@@ -184,3 +184,13 @@ def test_chat_reports_bad_lora_files(repo, tmp_path, capsys):
                          "--output", str(tmp_path / "o.wav"), "--no-progress"])
         err = capsys.readouterr().err
         assert code != 0 and message in err and "Traceback" not in err, err
+
+
+def test_bfloat16_load_merges_close_to_float32(repo, adapted):
+    path, unmerged = adapted
+    lm = load_models(resolve_model_files(str(repo), lora=str(path)), device="cpu", dtype="bfloat16").lm
+    assert lm.dtype == torch.bfloat16 and not lora_layers(lm)
+    codes = _codes()
+    with torch.no_grad():
+        x, y = lm(codes).audio_logits.float(), unmerged(codes).audio_logits
+    assert (x - y).abs().max() < 0.1 * y.abs().max()  # bf16 weights: a few % of the logits' scale
