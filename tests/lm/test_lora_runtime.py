@@ -132,6 +132,13 @@ def test_missing_lora_file_is_named(repo, tmp_path):
     with pytest.raises(ModelFilesError, match="LoRA adapter file not found: .*nope.safetensors .*--lora"):
         resolve_model_files(str(repo), lora=str(tmp_path / "nope.safetensors"))
     assert resolve_model_files(str(repo), roles=("mimi",), lora=str(tmp_path / "nope")).lora is None
+    with pytest.raises(ModelFilesError, match="not found: .*lora.safetensors"):  # a folder without adapters
+        resolve_model_files(str(repo), lora=str(tmp_path))
+
+
+def test_lora_folder_means_its_lora_safetensors(repo, adapted):
+    path, _ = adapted  # saved as <folder>/lora.safetensors
+    assert resolve_model_files(str(repo), lora=str(path.parent)).lora.path == path
 
 
 def test_generation_runs_through_unmerged_adapters(repo, adapted):
