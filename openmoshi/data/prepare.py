@@ -317,8 +317,10 @@ def prepare(manifest: str | Path, out: str | Path, codec: Codec, options: Prepar
             ) -> PrepareReport:
     """Prepare this rank's chunks of `manifest` into `out`, then the index if every chunk is done."""
     manifest, out = Path(manifest).expanduser(), Path(out).expanduser()
-    entries, problems = _select(manifest, options)
+    if out.resolve() == manifest.resolve().parent:
+        raise PrepareError(f"--out {out} is the dataset's own folder: give a folder of its own")
     _check_out(out, codec.identity)
+    entries, problems = _select(manifest, options)
     (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
     groups = [entries[i:i + options.chunk_size] for i in range(0, len(entries), options.chunk_size)]
     plan = [(chunk_name(c), group, _fingerprint(group, codec.identity)) for c, group in enumerate(groups)]
