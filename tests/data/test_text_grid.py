@@ -116,3 +116,11 @@ def test_with_a_sentencepiece_tokenizer(tmp_path):
     expected[6:6 + len(weather)] = weather
     assert out.tolist() == expected.tolist()
     assert tok.decode(out.tolist()).split() == ["Hello", "weather"]
+
+
+def test_the_example_of_docs_data_md():
+    tokens = {"hello": [1, 2], "wonderful": [11, 12, 13], "day": [21]}
+    words = [Word("hello", 0.0, 0.3), Word("wonderful", 0.17, 0.6), Word("day", 0.5, 0.7)]
+    assert text_stream(words, 8, 12.5, tokens.__getitem__, P, E).tolist() == [1, 2, 11, 12, 13, E, 21, P]
+    words[1] = Word("wonderful", 0.10, 0.6)
+    assert text_stream(words, 8, 12.5, tokens.__getitem__, P, E).tolist() == [1, 11, 12, 13, P, E, 21, P]
