@@ -50,7 +50,8 @@ class Summary:
         return self.seconds / 3600
 
     def lines(self) -> list[str]:
-        return [f"{self.hours:.3f} hours of audio: {self.conversations} conversations (2 channels), "
+        return [f"{self.hours:.3f} hours ({self.seconds:.1f} s) of audio: {self.conversations} conversations "
+                f"(2 channels), "
                 f"{self.mono} single-stream files (1 channel); {self.text_files} text files "
                 f"({self.text_lines} lines)",
                 f"{self.words} aligned words ({self.moshi_words} in Moshi's text stream), "

@@ -68,7 +68,7 @@ class PrepareOptions:
     chunk_size: int = 64  # manifest entries per chunk (the unit of resumption and of the split across ranks)
     batch_size: int = 8  # files encoded together
     max_batch_seconds: float = 1200.0  # audio per batch, all rows together (bounds memory for long files)
-    block_frames: int = 25  # frames per streaming call (2 s at 12.5 Hz)
+    block_frames: int = 125  # frames per streaming call (10 s at 12.5 Hz; fewer calls are faster, more memory)
     rank: int = 0
     world_size: int = 1
     skip_invalid: bool = False
