@@ -73,7 +73,7 @@ class LoaderConfig:
     @classmethod
     def for_model(cls, cfg: LMConfig, **overrides: Any) -> LoaderConfig:
         """The codebooks of a model's grid (`prepare.codebooks_per_side`), other fields from `overrides`."""
-        from .prepare import codebooks_per_side
+        from .encode import codebooks_per_side
 
         moshi, user = codebooks_per_side(cfg)
         return cls(**{"moshi_codebooks": moshi, "user_codebooks": user, **overrides})
@@ -122,6 +122,7 @@ class LMDataLoader:
         self.text = [(c.name, i) for c in self.index.chunks for i in c.items if i.kind == "text" and i.length]
         self._text_starts = np.cumsum([0] + [i.length for _, i in self.text])
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._per_epoch: int | None = None
         if split == "train":
             if not self.items and not self.text:
                 raise ValueError(f"{self.index.folder}: no training data (every conversation is held out?)")
@@ -197,6 +198,11 @@ class LMDataLoader:
 
     def batches_per_epoch(self) -> int:
         """Audio batches per epoch on each rank (text-only batches come on top)."""
+        if self._per_epoch is None:
+            self._per_epoch = self._count_batches()
+        return self._per_epoch
+
+    def _count_batches(self) -> int:
         if not self.items:
             total = int(self._text_starts[-1])
             return max(1, total // (self.cfg.batch_size * self.cfg.frames * self.cfg.world_size))
