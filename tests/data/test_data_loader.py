@@ -192,3 +192,25 @@ def test_config_checks(prepared):
         LoaderConfig(rank=2, world_size=2)
     assert LoaderConfig.for_model(tiny_lm_config()).num_streams == 17
     assert LoaderConfig.for_model(tiny_lm_config(dep_q=16)).num_streams == 17
+
+
+def test_batches_feed_the_model_and_its_loss(prepared):
+    """The grid is what LMModel.forward and lm_loss take: in-range tokens, a finite loss, text-only too."""
+    import torch
+
+    from openmoshi.lm.loss import LossConfig, lm_loss
+    from openmoshi.lm.model import LMModel
+
+    index, _ = prepared
+    lm_cfg = tiny_lm_config()
+    model = LMModel(lm_cfg)
+    model.init_weights()
+    batches = take(LMDataLoader(index, LoaderConfig.for_model(lm_cfg, batch_size=2, frames=T, text_only_share=0.5,
+                                                              seed=1)), 6)
+    assert {b.text_only for b in batches} == {False, True}
+    for batch in batches:
+        codes = batch.codes
+        assert codes[:, 0].max() < lm_cfg.text_card and codes[:, 1:].max() < lm_cfg.card
+        with torch.no_grad():
+            loss = lm_loss(model(codes), codes, LossConfig.for_model(lm_cfg))
+        assert torch.isfinite(loss.total), (batch.text_only, loss)
