@@ -37,6 +37,7 @@ from .manifest import (
 )
 from .shards import (
     CHUNK_DIR,
+    FORMAT,
     INDEX_NAME,
     ChunkRecord,
     Identity,
@@ -123,9 +124,16 @@ def _check_out(out: Path, identity: Identity) -> None:
                                f"prepared data there; give an empty or new folder")
     if (out / INDEX_NAME).exists():
         try:
+            raw = json.loads((out / INDEX_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raw = None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise PrepareError(f"--out {out} holds an {INDEX_NAME} that is not one of prepared data: refusing to "
+                               f"replace it; give an empty or new folder")
+        try:
             old = read_index(out).identity
         except PreparedDataError:
-            return  # damaged: rebuilt below
+            return  # ours but damaged or of an older version: rebuilt
         diff = old.differences(identity)
         if diff:
             raise PrepareError(f"{out} holds data prepared with another model ({'; '.join(diff)}): give another "

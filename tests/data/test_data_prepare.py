@@ -164,6 +164,9 @@ def test_cli(tmp_path, model, capsys):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert cli([*args, "--out", str(tmp_path / "busy")]) == 1
     assert "holds other files" in capsys.readouterr().err
+    (tmp_path / "busy" / "index.json").write_text("{}")
+    assert cli([*args, "--out", str(tmp_path / "busy")]) == 1
+    assert "not one of prepared data" in capsys.readouterr().err
     assert cli(["data", "prepare", str(manifest), "--model", str(tmp_path / "nomodel"), "--out", str(out)]) == 1
     assert "nomodel' is neither an existing folder" in capsys.readouterr().err
     assert cli([*args[:-2], "--rank", "2", "--world-size", "2"]) == 2
