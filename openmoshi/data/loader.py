@@ -132,19 +132,30 @@ class LMDataLoader:
 
     # ---- resumption ------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
-        desc = repr((asdict(self.cfg), self.split, [(c, i.source, i.offset, i.length) for c, i in self.items],
+        """The data and the settings that decide the batches, except rank, world size and batch size."""
+        shape = ("rank", "world_size", "batch_size")
+        settings = {k: v for k, v in asdict(self.cfg).items() if k not in shape}
+        desc = repr((settings, self.split, [(c, i.source, i.offset, i.length) for c, i in self.items],
                      [(c, i.source, i.length) for c, i in self.text]))
         return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
-        """The position: the next batch of `__iter__` (plain ints and strings: fits any checkpoint)."""
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "fingerprint": self._fingerprint()}
+        """The position: the next batch of `__iter__` (plain ints and strings: fits any checkpoint). It is the
+        same on every rank, so saving one rank's is enough."""
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "fingerprint": self._fingerprint(),
+                "crops_per_batch": self.cfg.batch_size * self.cfg.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at `state`'s position: exactly the same batches with the same ranks and batch size; with
+        another global batch (ranks x batch size), at the same share of the epoch."""
         if state.get("fingerprint") != self._fingerprint():
-            raise ValueError("the loader's state was saved for other data or another loader config (seed, batch "
-                             "size, crop length, ranks): cannot resume its position")
+            raise ValueError("the loader's state was saved for other data or another loader config (seed, crop "
+                             "length, shares): cannot resume its position")
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        before = int(state.get("crops_per_batch", self.cfg.batch_size * self.cfg.world_size))
+        now = self.cfg.batch_size * self.cfg.world_size
+        if before != now:  # resharded: the crops already seen this epoch stay seen
+            self.batch = min(self.batch * before // now, self.batches_per_epoch() - 1)
 
     # ---- reading ---------------------------------------------------------------------------------
     def _array(self, chunk: str, kind: str) -> np.ndarray:

@@ -137,6 +137,18 @@ def test_resuming_mid_epoch_equals_an_uninterrupted_run(prepared, share):
         LMDataLoader(index, cfg(seed=8)).load_state_dict(state)
 
 
+def test_the_state_is_the_same_on_every_rank_and_survives_a_new_world_size(prepared):
+    index, _ = prepared
+    loaders = [LMDataLoader(index, cfg(batch_size=1, rank=r, world_size=2)) for r in range(2)]
+    for loader in loaders:
+        take(loader, 3)
+    assert loaders[0].state_dict() == loaders[1].state_dict()
+    state = loaders[0].state_dict()
+    one = LMDataLoader(index, cfg(batch_size=1))  # one rank now: the 3 batches of 2 ranks were 6 crops
+    one.load_state_dict(state)
+    assert (one.epoch, one.batch, one.step) == (state["epoch"], 6, 3)
+
+
 def test_text_only_batches(prepared):
     index, text_index = prepared
     batches = take(LMDataLoader(index, cfg(text_only_share=0.5)), 40)
