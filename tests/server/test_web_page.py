@@ -295,7 +295,7 @@ def test_static_files_are_package_data():
     """The page ships in the wheel: every file it loads is in the package data glob."""
     pyproject = (STATIC.parents[2] / "pyproject.toml").read_text()
     package_data = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("[", 2)
-    assert '"server/static/*"' in package_data[1], "openmoshi/server/static is not in the package data"
+    assert '"server/static/**/*"' in package_data[1], "openmoshi/server/static is not in the package data"
     html = (STATIC / "index.html").read_text()
     for name in ("static/app.js", "static/style.css"):
         assert name in html
