@@ -289,6 +289,7 @@ async function start() {
   ui.download.removeAttribute("href");
   ui.recordingNote.textContent = "";
   page.stats = freshStats();
+  params.set("metadata", "1"); // openmoshi's server then says which model and seeds it used (others ignore it)
   const conversation = new Conversation(chatUrl(params), ui.record.checked);
   page.conversation = conversation;
   try {
@@ -299,6 +300,13 @@ async function start() {
   }
 }
 
+function describeMetadata(meta) {
+  if (!meta) return "—";
+  if (meta.server !== "openmoshi") return JSON.stringify(meta);
+  return `${meta.model}; seeds: text ${meta.text_seed}, audio ${meta.audio_seed}; ` +
+    `text ${meta.text_temperature} / top-k ${meta.text_topk}, audio ${meta.audio_temperature} / top-k ${meta.audio_topk}`;
+}
+
 function renderStats() {
   const s = page.stats;
   const rows = [
@@ -307,7 +315,7 @@ function renderStats() {
     ["Received", `${(s.receivedBytes / 1024).toFixed(1)} kB, ${(s.decodedFrames / (s.decodedRate || SAMPLE_RATE)).toFixed(1)} s of audio`],
     ["Jitter buffer", `${s.bufferedMs} ms; ${s.underruns} underruns; ${s.droppedFrames} samples dropped`],
     ["Audio context", s.contextRate ? `${s.contextRate} Hz` : "—"],
-    ["Model", s.metadata ? JSON.stringify(s.metadata) : "—"],
+    ["Model", describeMetadata(s.metadata)],
   ];
   ui.stats.replaceChildren(...rows.flatMap(([k, v]) => {
     const dt = document.createElement("dt");
