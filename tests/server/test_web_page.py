@@ -149,6 +149,7 @@ def browser(tmp_path_factory):
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={mic}",
+        "--host-resolver-rules=MAP insecure.test 127.0.0.1",  # a plain-http origin that is not localhost
     ]
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
@@ -290,6 +291,18 @@ def test_settings_are_checked_before_connecting(browser):
         message = page.inner_text("#settings-error")
         assert "Text top-k" in message and "Audio temperature" in message
         assert server.queries == []  # nothing was sent
+        page.close()
+
+
+def test_plain_http_origin_explains_https(browser):
+    """Browsers give the microphone only to https or localhost: the page says so instead of failing later."""
+    with StubServer() as server:
+        page, _ = open_page(browser, f"http://insecure.test:{server.port}/")
+        assert page.evaluate("window.isSecureContext") is False
+        assert page.evaluate("openmoshiPage.state") == "unavailable"
+        message = page.inner_text("#error")
+        assert "https" in message and "localhost" in message and "--ssl-self-signed" in message, message
+        assert page.is_disabled("#start")
         page.close()
 
 

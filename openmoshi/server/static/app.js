@@ -20,7 +20,7 @@ const ui = {
 };
 
 const page = {
-  state: "idle", // idle | starting | connecting | waiting | live | stopping | stopped | ended | error
+  state: "idle", // idle | unavailable | starting | connecting | waiting | live | stopping | stopped | ended | error
   stats: {},
   conversation: null,
 };
@@ -39,9 +39,11 @@ function setState(state, words) {
   page.state = state;
   document.body.dataset.state = state;
   ui.status.textContent = words;
-  const busy = !["idle", "stopped", "ended", "error"].includes(state);
-  ui.start.disabled = busy;
+  const busy = !["idle", "stopped", "ended", "error", "unavailable"].includes(state);
+  ui.start.disabled = busy || state === "unavailable";
   ui.stop.disabled = !busy || state === "stopping";
+  // Settings and recording are fixed for a conversation: they are read at Start.
+  for (const el of [ui.record, ui.reset, ...ui.form.querySelectorAll("input")]) el.disabled = busy;
 }
 
 function showError(message) {
@@ -80,6 +82,10 @@ class Conversation {
 
   async start() {
     setState("starting", "Asking for the microphone…");
+    // The audio context is made and resumed before the first await, while the click still counts as a user
+    // gesture (Safari on a phone starts no audio otherwise).
+    this.ctx = new AudioContext({ sampleRate: SAMPLE_RATE, latencyHint: "interactive" });
+    this.ctx.resume().catch(() => {});
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
     }).catch((err) => {
@@ -105,7 +111,6 @@ class Conversation {
   async #buildAudio() {
     // A 24 kHz context makes the browser resample the microphone; a browser that will not connect a
     // microphone to a context of another rate gets its default rate and our resampler.
-    this.ctx = new AudioContext({ sampleRate: SAMPLE_RATE, latencyHint: "interactive" });
     try {
       this.source = this.ctx.createMediaStreamSource(this.stream);
     } catch {
@@ -356,7 +361,7 @@ async function init() {
   requestAnimationFrame(renderMeters);
   renderStats();
   if (!window.isSecureContext || !navigator.mediaDevices) {
-    setState("error", "Unavailable");
+    setState("unavailable", "Unavailable");
     return showError(
       `Browsers give the microphone only to https pages or localhost; this page is ${location.origin}. ` +
         "Start the server with --ssl-self-signed (or --ssl-cert/--ssl-key), or open it on localhost.",
@@ -364,7 +369,7 @@ async function init() {
   }
   const problem = await opusSupport();
   if (problem) {
-    setState("error", "Unavailable");
+    setState("unavailable", "Unavailable");
     return showError(`This browser cannot run the page: ${problem}.`);
   }
   setState("idle", "Ready: press Start and talk");
