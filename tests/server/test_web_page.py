@@ -272,6 +272,7 @@ def test_server_error_is_shown_in_words(browser, make_server):
     """A refusal (the error kind, then a close) reaches the user in the server's words."""
     srv = make_server(server={"token": "secret"})
     page, problems = open_page(browser, srv.url + "/?token=wrong")  # the page's query fills the token field
+    assert "token" not in page.url  # and leaves the address bar
     page.click("#start")
     page.wait_for_function("openmoshiPage.state === 'error'", timeout=15000)
     assert "wrong token" in page.inner_text("#status")

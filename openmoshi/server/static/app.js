@@ -312,7 +312,22 @@ function describeMetadata(meta) {
     `text ${meta.text_temperature} / top-k ${meta.text_topk}, audio ${meta.audio_temperature} / top-k ${meta.audio_topk}`;
 }
 
+// Moshi's audio arriving late shows as underruns: more than 3 in the last 5 s says so in words (the server or
+// the network is behind real time), and the warning goes once 5 s pass without one.
+const LATE_WARNING = "Moshi's audio is arriving late: the server or the network is behind real time.";
+const underrunHistory = [];
+function watchUnderruns() {
+  const c = page.conversation;
+  const live = c && c.live && !c.closed;
+  underrunHistory.push(live ? page.stats.underruns : 0);
+  if (underrunHistory.length > 10) underrunHistory.shift();
+  const recent = underrunHistory[underrunHistory.length - 1] - underrunHistory[0];
+  if (live && recent > 3) showWarning(LATE_WARNING);
+  else if (ui.warning.textContent === LATE_WARNING && (!live || recent === 0)) showWarning("");
+}
+
 function renderStats() {
+  watchUnderruns();
   const s = page.stats;
   const rows = [
     ["Server", s.url || "—"],
@@ -353,6 +368,12 @@ function renderMeters() {
 
 async function init() {
   loadSettings(ui.form);
+  if (new URLSearchParams(location.search).has("token")) {
+    // The token is in the form now: keep it out of the address bar (screenshots, shared screens, history).
+    const clean = new URL(location.href);
+    clean.searchParams.delete("token");
+    history.replaceState(null, "", clean);
+  }
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", () => page.conversation && page.conversation.stop(true));
   ui.reset.addEventListener("click", () => clearSettings(ui.form));
