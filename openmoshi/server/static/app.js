@@ -308,8 +308,13 @@ async function start() {
 function describeMetadata(meta) {
   if (!meta) return "—";
   if (meta.server !== "openmoshi") return JSON.stringify(meta);
-  return `${meta.model}; seeds: text ${meta.text_seed}, audio ${meta.audio_seed}; ` +
-    `text ${meta.text_temperature} / top-k ${meta.text_topk}, audio ${meta.audio_temperature} / top-k ${meta.audio_topk}`;
+  const seeds = [["text", meta.text_seed], ["audio", meta.audio_seed]].filter(([, v]) => v !== null && v !== undefined);
+  return [
+    meta.model,
+    seeds.length ? `seed ${seeds.map(([k, v]) => `${k} ${v}`).join(", ")}` : "",
+    `text T ${meta.text_temperature}, top-k ${meta.text_topk}`,
+    `audio T ${meta.audio_temperature}, top-k ${meta.audio_topk}`,
+  ].filter(Boolean).join("; ");
 }
 
 // Moshi's audio arriving late shows as underruns: more than 3 in the last 5 s says so in words (the server or
