@@ -338,6 +338,34 @@ def test_ogg_framing_round_trip(browser):
     assert result["badErrors"] == 1 and result["badSizes"] == [0, 254, 255, 256, 510, 3, 65025, 65100], result
 
 
+def test_resampler_for_browsers_without_24khz_contexts(browser):
+    """Where the audio context cannot run at 24 kHz (Firefox), the page resamples: chunked equals whole, the
+    length follows the ratio, a tone keeps its pitch."""
+    with StubServer() as server:
+        page, _ = open_page(browser, f"http://127.0.0.1:{server.port}/")
+        result = page.evaluate("""async () => {
+            const { Resampler } = await import('./static/audio.js');
+            const out = {};
+            for (const [from, to] of [[48000, 24000], [44100, 24000], [24000, 44100]]) {
+              const x = Float32Array.from({ length: from }, (_, i) => Math.sin(2 * Math.PI * 300 * i / from));
+              const whole = new Resampler(from, to).process(x);
+              const r = new Resampler(from, to); const parts = [];
+              for (let i = 0; i < x.length; i += 128) parts.push(...r.process(x.subarray(i, i + 128)));
+              let diff = 0; for (let i = 0; i < whole.length; i++) diff = Math.max(diff, Math.abs(whole[i] - parts[i]));
+              let crossings = 0;
+              for (let i = 1; i < whole.length; i++) if (whole[i - 1] < 0 && whole[i] >= 0) crossings++;
+              out[`${from}-${to}`] = { n: whole.length, chunked: parts.length, diff, crossings };
+            }
+            return out;
+        }""")
+        page.close()
+    for key, r in result.items():
+        to = int(key.split("-")[1])
+        assert abs(r["n"] - to) <= 2 and abs(r["chunked"] - r["n"]) <= 1, (key, r)
+        assert r["diff"] < 1e-5, (key, r)
+        assert abs(r["crossings"] - 300) <= 1, (key, r)  # one second of 300 Hz
+
+
 def test_static_files_are_package_data():
     """The page ships in the wheel: every file it loads is in the package data glob."""
     pyproject = (STATIC.parents[2] / "pyproject.toml").read_text()
