@@ -9,6 +9,16 @@ $PIP install -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('moshi') == '0.2.13'" 2>/dev/null; then
   $PIP install --no-deps "moshi==0.2.13" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 fi
+# --- synthetic conversations (tests/data/test_synth*.py, docs/synth.md): the offline voices the tests use ------
+# festival with Moshi's voice (festvox-us-slt-hts) and flite; idempotent, skipped when already installed.
+if ! command -v festival >/dev/null || ! command -v flite >/dev/null \
+    || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ]; then
+  echo "[openmoshi] installing festival, festvox-us-slt-hts and flite (apt)" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q festival festvox-us-slt-hts flite >&2 \
+    || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q festival festvox-us-slt-hts flite >&2; }
+fi
+# --- end of the synthetic-conversation block ---------------------------------------------------------------
 "$VENV/bin/python" -m ruff check "$ROOT"
 cd "$ROOT"
 export NO_TORCH_COMPILE=1

@@ -37,6 +37,13 @@ def main(args: argparse.Namespace) -> int:
     from ..data.synth.generate import SynthError, SynthSettings, generate
     from ..data.synth.voices import MOSHI_VOICE, VoiceError, resolve_user_voices, working
 
+    if not args.list_voices:  # the cheap checks first: asking voices to speak takes seconds
+        if args.out is None:
+            return error("--out DIR is required")
+        if args.hours is None and args.conversations is None:
+            return error("give --hours H or --conversations N")
+        if args.exchanges[0] > args.exchanges[1]:
+            return error(f"--exchanges {args.exchanges[0]} {args.exchanges[1]}: MIN must not exceed MAX")
     try:
         good, bad = resolve_user_voices(args.voices)
     except VoiceError as e:
@@ -48,13 +55,7 @@ def main(args: argparse.Namespace) -> int:
         for v in bad:
             print(f"not working here: {v}")
         return 0
-    if args.out is None:
-        return error("--out DIR is required")
-    if args.hours is None and args.conversations is None:
-        return error("give --hours H or --conversations N")
     lo, hi = args.exchanges
-    if lo > hi:
-        return error(f"--exchanges {lo} {hi}: MIN must not exceed MAX")
     if not working(MOSHI_VOICE):
         return error(f"Moshi's voice {MOSHI_VOICE} does not work here: apt-get install festival festvox-us-slt-hts")
     if not good:

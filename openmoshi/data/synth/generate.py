@@ -178,7 +178,7 @@ def generate(out: str | os.PathLike[str], settings: SynthSettings, *, conversati
                 collect(index, d)
                 index += 1
                 continue
-            while len(futures) < 2 * workers:
+            while len(futures) < 2 * workers and (conversations is None or index < conversations):
                 futures[pool.submit(make_one, str(out), settings, index)] = index
                 index += 1
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
