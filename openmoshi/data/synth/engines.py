@@ -226,7 +226,14 @@ def _flite_one(ident: str, text: str, style: Style, tmp: str) -> Speech:
     return Speech(audio, times, True)
 
 
+@cache
+def _flite_voices() -> frozenset[str]:
+    return frozenset(_run(["flite", "-lv"], "flite -lv").split(":", 1)[-1].split())
+
+
 def _flite(ident: str, texts: list[str], styles: list[Style]) -> list[Speech]:
+    if ident not in _flite_voices():  # flite would silently speak in its default voice
+        raise VoiceError(f"flite has no voice {ident!r}; it has: {', '.join(sorted(_flite_voices()))}")
     with tempfile.TemporaryDirectory(prefix="om-flite-") as tmp:
         return [_flite_one(ident, t, s, tmp) for t, s in zip(texts, styles, strict=True)]
 
