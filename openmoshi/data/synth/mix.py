@@ -67,6 +67,7 @@ def _layout(lines: list[Line], spoken: list[Speech], tape_factor: float, rng: ra
     placed: list[Placed] = []
     floor: Placed | None = None  # the last line that took the floor
     last_main: dict[str, Placed] = {}
+    busy: dict[str, float] = {}  # end of each speaker's last word so far
     for line, speech in zip(lines, spoken, strict=True):
         scale = 1.0 / tape_factor if line.speaker == USER else 1.0
         rel = [(a * scale, b * scale) for a, b in speech.times]
@@ -77,6 +78,9 @@ def _layout(lines: list[Line], spoken: list[Speech], tape_factor: float, rng: ra
             anchor = last_main.get(MOSHI if line.speaker == USER else USER) or floor
             k = _word_after(anchor.times, anchor.line.text, line.frac)
             if line.timing == "during":
+                # not over this speaker's previous line (two backchannels at the same word): a later word
+                while k < len(anchor.times) - 2 and anchor.times[k][1] < busy.get(line.speaker, 0.0) + 0.3:
+                    k += 1
                 first = anchor.times[k][1] + rng.uniform(0.05, 0.3)
             else:  # interrupt: the user starts near the end of word k; Moshi stops `reaction` later
                 first = anchor.times[k][1] + rng.uniform(-0.1, 0.15)
@@ -85,6 +89,7 @@ def _layout(lines: list[Line], spoken: list[Speech], tape_factor: float, rng: ra
         offset = max(0.0, first - rel[0][0])
         item = Placed(line, speech, offset, [(a + offset, b + offset) for a, b in rel])
         placed.append(item)
+        busy[line.speaker] = max(busy.get(line.speaker, 0.0), item.times[-1][1])
         if line.timing != "during":
             floor = item
             last_main[line.speaker] = item
