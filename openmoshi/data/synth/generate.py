@@ -159,6 +159,10 @@ def generate(out: str | os.PathLike[str], settings: SynthSettings, *, conversati
             bar.update(1 if target_s is None else min(round(d), max(0, round(target_s) - bar.n)))
             if len(durations) % MANIFEST_EVERY == 0:
                 _write_manifest(out, settings, durations)
+                if log and not progress:  # a line now and then for a log file
+                    cpu = _cpu_seconds() - cpu0
+                    log(f"{time.strftime('%H:%M:%S')} {len(durations)} conversations, "
+                        f"{sum(durations) / 3600:.2f} h; this run: {made_s:.0f} s of audio in {cpu:.0f} s CPU")
 
     # finished conversations first (resuming), without any worker
     index = 0
