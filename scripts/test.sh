@@ -10,13 +10,15 @@ if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('mo
   $PIP install --no-deps "moshi==0.2.13" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 fi
 # --- synthetic conversations (tests/data/test_synth*.py, docs/synth.md): the offline voices the tests use ------
-# festival with Moshi's voice (festvox-us-slt-hts) and flite; idempotent, skipped when already installed.
+# festival with Moshi's voice (festvox-us-slt-hts) and kal (festvox-kallpc16k), and flite; idempotent.
+SYNTH_APT="festival festvox-us-slt-hts festvox-kallpc16k flite"
 if ! command -v festival >/dev/null || ! command -v flite >/dev/null \
-    || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ]; then
-  echo "[openmoshi] installing festival, festvox-us-slt-hts and flite (apt)" >&2
+    || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] \
+    || [ ! -d /usr/share/festival/voices/english/kal_diphone ]; then
+  echo "[openmoshi] installing $SYNTH_APT (apt)" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -q festival festvox-us-slt-hts flite >&2 \
-    || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q festival festvox-us-slt-hts flite >&2; }
+  $SUDO apt-get install -y -q $SYNTH_APT >&2 \
+    || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q $SYNTH_APT >&2; }
 fi
 # --- end of the synthetic-conversation block ---------------------------------------------------------------
 "$VENV/bin/python" -m ruff check "$ROOT"
