@@ -9,14 +9,25 @@ $PIP install -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('moshi') == '0.2.13'" 2>/dev/null; then
   $PIP install --no-deps "moshi==0.2.13" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 fi
-# --- the web page's test (tests/server/test_web_page.py): Debian's chromium, driven by Playwright from the
-# [test] extra. Playwright's own browser downloads are never used (the test launches /usr/bin/chromium).
-if [ ! -x /usr/bin/chromium ]; then
-  echo "[openmoshi] installing Debian's chromium (for the web page's test)" >&2
+# --- Debian packages the tests use, installed where missing (one apt-get for all; idempotent):
+#   chromium: the web page's test (tests/server/test_web_page.py), driven by Playwright from the [test] extra;
+#     Playwright's own browser downloads are never used (the test launches /usr/bin/chromium).
+#   festival + festvox-us-slt-hts (Moshi's voice) + festvox-kallpc16k, flite: the synthetic conversations
+#     (tests/data/test_synth*.py, docs/synth.md).
+APT_NEEDED=""
+[ -x /usr/bin/chromium ] || APT_NEEDED="$APT_NEEDED chromium"
+command -v festival >/dev/null || APT_NEEDED="$APT_NEEDED festival"
+[ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || APT_NEEDED="$APT_NEEDED festvox-us-slt-hts"
+[ -d /usr/share/festival/voices/english/kal_diphone ] || APT_NEEDED="$APT_NEEDED festvox-kallpc16k"
+command -v flite >/dev/null || APT_NEEDED="$APT_NEEDED flite"
+if [ -n "$APT_NEEDED" ]; then
+  echo "[openmoshi] installing Debian packages:$APT_NEEDED" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -q chromium >&2 || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q chromium >&2; }
+  export DEBIAN_FRONTEND=noninteractive
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -q $APT_NEEDED >&2 || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q $APT_NEEDED >&2; }
 fi
-# --- end of the web page's block
+# --- end of the Debian packages
 "$VENV/bin/python" -m ruff check "$ROOT"
 cd "$ROOT"
 export NO_TORCH_COMPILE=1
