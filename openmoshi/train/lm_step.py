@@ -1,0 +1,104 @@
+"""The LM's training step pieces: the model's training config, batch augmentation, the loss, accuracies.
+
+- `training_lm_config(cfg, acoustic_delay)`: the model's LMConfig with the acoustic delay the run asks for
+  (text and the semantic codebooks of both sides stay at 0).
+- `augment(codes, ...)`: text masking (a sequence's text stream removed with probability `text_mask_prob`:
+  -1 = no input, no target) and text-only batches (every audio stream removed). Draws are seeded by (run seed,
+  step, global micro-batch index), so they do not depend on how the global batch is split over ranks.
+- `lm_train_loss(model, codes, loss)`: FACTS.md's loss through `lm.loss.lm_loss`: CE(text) + weighted audio CE.
+- `lm_accuracy(output, codes, scored)`: top-1 accuracy of the text stream, the semantic and the acoustic
+  codebooks over the positions that have a target.
+- `lm_param_groups(optim)`: AdamW groups: the depth transformer (`depformer.*`) at `depth_lr`, the rest at `lr`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..lm.config import LMConfig
+from ..lm.loss import LMLoss, LossConfig, lm_loss
+from ..lm.model import LMModel, LMOutput
+from .lm_config import LMLossSection, LMOptimConfig
+
+
+def training_lm_config(cfg: LMConfig, acoustic_delay: int | None) -> LMConfig:
+    """`cfg` with every acoustic codebook delayed `acoustic_delay` steps (None: unchanged)."""
+    if acoustic_delay is None:
+        return cfg
+    side = max(1, cfg.n_q // 2)  # each side's codebook 0 is semantic
+    delays = [0] + [0 if k % side == 0 else acoustic_delay for k in range(cfg.n_q)]
+    return cfg.replace(delays=tuple(delays))
+
+
+def scored_codebooks(cfg: LMConfig, which: str) -> tuple[int, ...] | None:
+    """Indices of the generated codebooks the loss scores: Moshi's own (the first n_q / 2) or all dep_q."""
+    if which == "all":
+        return None
+    return tuple(range(min(cfg.dep_q, max(1, cfg.n_q // 2))))
+
+
+def loss_config(cfg: LMConfig, loss: LMLossSection) -> LossConfig:
+    return LossConfig.for_model(cfg, semantic_weight=loss.semantic_weight, acoustic_weight=loss.acoustic_weight,
+                                text_padding_weight=loss.text_padding_weight,
+                                audio_codebooks=scored_codebooks(cfg, loss.codebooks))
+
+
+def is_text_only_step(seed: int, step: int, share: float) -> bool:
+    """Whether global step `step` is a text-only batch (the same answer on every rank)."""
+    return share > 0 and random.Random(f"text-only:{seed}:{step}").random() < share
+
+
+def augment(codes: torch.Tensor, loss: LMLossSection, seed: int, step: int, micro_index: int) -> torch.Tensor:
+    """codes [B, K, T] -> a copy with text masking / text-only applied (see the module docstring)."""
+    if loss.text_mask_prob <= 0 and loss.text_only_share <= 0:
+        return codes
+    codes = codes.clone()
+    if is_text_only_step(seed, step, loss.text_only_share):
+        codes[:, 1:] = -1
+        return codes
+    if loss.text_mask_prob > 0:
+        gen = torch.Generator().manual_seed(hash((seed, step, micro_index)) & 0x7FFF_FFFF_FFFF)
+        drop = torch.rand(codes.shape[0], generator=gen) < loss.text_mask_prob
+        codes[drop.to(codes.device), 0] = -1
+    return codes
+
+
+def lm_train_loss(model: torch.nn.Module, codes: torch.Tensor, config: LossConfig) -> tuple[LMLoss, LMOutput]:
+    out = model(codes)
+    return lm_loss(out, codes, config), out
+
+
+@torch.no_grad()
+def lm_accuracy(out: LMOutput, codes: torch.Tensor, scored: tuple[int, ...] | None) -> dict[str, tuple[int, int]]:
+    """(correct, counted) for "text", "semantic" and "acoustic" over positions with a target."""
+    codes = codes.to(out.text_logits.device)
+    result: dict[str, tuple[int, int]] = {}
+    hit = (out.text_logits.argmax(-1) == codes[:, :1]) & out.text_mask
+    result["text"] = (int(hit.sum()), int(out.text_mask.sum()))
+    dep_q = out.audio_logits.shape[1]
+    ks = list(range(dep_q)) if scored is None else list(scored)
+    pred = out.audio_logits.argmax(-1)
+    target = codes[:, 1:dep_q + 1]
+    sem = [k for k in ks if k == 0]
+    aco = [k for k in ks if k != 0]
+    for name, idx in (("semantic", sem), ("acoustic", aco)):
+        if not idx:
+            continue
+        mask = out.audio_mask[:, idx]
+        ok = (pred[:, idx] == target[:, idx]) & mask
+        result[name] = (int(ok.sum()), int(mask.sum()))
+    return result
+
+
+def lm_param_groups(optim: LMOptimConfig) -> dict:
+    return {"depth": (optim.depth_lr, lambda n: n.startswith("depformer.")),
+            "temporal": (optim.lr, lambda n: True)}
+
+
+def count_parameters(model: LMModel) -> tuple[int, int]:
+    """(all, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
