@@ -71,7 +71,7 @@ class LoopConfig:
     device: str | None = None  # None: cuda (this rank's) when available, else cpu
     log_every: int = 10
     val_every: int = 100  # 0 = no validation
-    val_batches: int = 4
+    val_batches: int = 4  # global batches per validation
     checkpoint_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
 

@@ -240,13 +240,13 @@ def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg
 
 @torch.no_grad()
 def _validate(cfg, d: Dist, model, factory, data_kw, loss_cfg, step: int) -> dict[str, Any]:
-    """Held-out loss and top-1 accuracies (text, semantic, acoustic) over `val_batches` micro-batches per rank,
-    the same batches every time (a fresh iterator of the validation split)."""
+    """Held-out loss and top-1 accuracies (text, semantic, acoustic) over `val_batches` global batches (each rank
+    its grad_accum micro-batches of each), the same batches every time (a fresh iterator of the split)."""
     model.eval()
     it = iter(factory(split="val", **data_kw))
     sums = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0}
     counts: dict[str, list[int]] = {}
-    n = max(1, cfg.train.val_batches)
+    n = max(1, cfg.train.val_batches) * cfg.train.grad_accum
     for _ in range(n):
         codes = next(it).codes.to(d.device)
         with _autocast(cfg, d.device):
