@@ -53,9 +53,9 @@ def _sets(args: argparse.Namespace) -> list[str]:
 
 
 def _check_paths(cfg) -> str | None:
-    for label, value in (("--data", cfg.data.manifest), ("data.val_manifest", cfg.data.val_manifest)):
-        if value is not None and not cfg.data.synthetic and not Path(value).expanduser().is_file():
-            return f"{label} {value}: no such manifest file"
+    value = cfg.data.manifest
+    if value is not None and not cfg.data.synthetic and not Path(value).expanduser().is_file():
+        return f"--data {value}: no such manifest file"
     return None
 
 

@@ -69,12 +69,12 @@ class LMOptimConfig(OptimConfig):
 
 @dataclass
 class LMDataConfig:
-    """`manifest`: the JSONL dataset (prepared on first use); `val_manifest` None = the loader's held-out split.
-    `seq_frames`: crop length in 12.5 Hz frames (1250 = 100 s). `synthetic`: an in-memory synthetic dataset
-    (smoke tests, benchmarks) instead of a manifest."""
+    """`manifest`: the JSONL dataset (prepared on first use, next to it); `val_share`: the share of its
+    conversations held out for validation (chosen by a hash of each path). `seq_frames`: crop length in 12.5 Hz
+    frames (1250 = 100 s). `synthetic`: an in-memory synthetic dataset (smoke tests, benchmarks) instead."""
 
     manifest: str | None = None
-    val_manifest: str | None = None
+    val_share: float = 0.05
     seq_frames: int = 250
     synthetic: bool = False
 
@@ -109,6 +109,8 @@ class LMTrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(t, name)}")
         if t.batch_size % t.grad_accum:
             raise ValueError(f"train.batch_size {t.batch_size} is not a multiple of train.grad_accum {t.grad_accum}")
+        if not 0 <= self.data.val_share < 1:
+            raise ValueError(f"data.val_share must be in [0, 1), got {self.data.val_share}")
         if self.data.seq_frames < 2:
             raise ValueError(f"data.seq_frames must be >= 2, got {self.data.seq_frames}")
         if self.optim.lr < 0 or self.optim.depth_lr < 0 or self.optim.grad_clip < 0:

@@ -110,21 +110,27 @@ def _copy(src: Path, dst: Path) -> None:
 
 def export_lm(folder: str | Path, state: Mapping[str, torch.Tensor], cfg: LMConfig, *, mimi: Path | None,
               tokenizer: Path | None, mimi_overrides: Mapping[str, Any] | None = None,
-              lm_gen_config: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write the model folder (see the module docstring). `state`: our full LM state dict (CPU)."""
+              lm_gen_config: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None,
+              base_weights: Path | None = None) -> Path:
+    """Write the model folder (see the module docstring). `state`: our full LM state dict (CPU).
+    `base_weights`: an existing model.safetensors holding exactly these weights (a LoRA run's frozen base):
+    linked or copied instead of written from `state`."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = kyutai_state_dict(state, cfg)
-    if dtype is not None:
-        tensors = {k: v.to(dtype) for k, v in tensors.items()}
-    tmp = folder / f".{DEFAULT_MOSHI_NAME}.part"
-    save_file(tensors, str(tmp))  # streamed to disk (a 7B model is not held twice in memory), then renamed
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, folder / DEFAULT_MOSHI_NAME)
+    if base_weights is not None:
+        _copy(base_weights, folder / DEFAULT_MOSHI_NAME)
+    else:
+        tensors = kyutai_state_dict(state, cfg)
+        if dtype is not None:
+            tensors = {k: v.to(dtype) for k, v in tensors.items()}
+        tmp = folder / f".{DEFAULT_MOSHI_NAME}.part"
+        save_file(tensors, str(tmp))  # streamed to disk (a 7B model is not held twice in memory), then renamed
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, folder / DEFAULT_MOSHI_NAME)
     config: dict[str, Any] = {**kyutai_config(cfg), "moshi_name": DEFAULT_MOSHI_NAME}
     if mimi is not None:
         _copy(mimi, folder / DEFAULT_MIMI_NAME)
@@ -138,3 +144,8 @@ def export_lm(folder: str | Path, state: Mapping[str, torch.Tensor], cfg: LMConf
         config["mimi"] = dict(mimi_overrides)
     write_text(folder / "config.json", json.dumps(config, indent=1) + "\n")
     return folder
+
+
+def read_export_config(folder: str | Path) -> dict[str, Any]:
+    """The config.json `export_lm` wrote in `folder`."""
+    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))

@@ -3,8 +3,9 @@
 - `training_lm_config(cfg, acoustic_delay)`: the model's LMConfig with the acoustic delay the run asks for
   (text and the semantic codebooks of both sides stay at 0).
 - `augment(codes, ...)`: text masking (a sequence's text stream removed with probability `text_mask_prob`:
-  -1 = no input, no target) and text-only batches (every audio stream removed). Draws are seeded by (run seed,
-  step, global micro-batch index), so they do not depend on how the global batch is split over ranks.
+  -1 = no input, no target; not in text-only batches). Draws are seeded by (run seed, step, global micro-batch
+  index), so they do not depend on how the global batch is split over ranks. (Text-only batches come from the
+  data: the loader's `text_only_share`.)
 - `lm_train_loss(model, codes, loss)`: FACTS.md's loss through `lm.loss.lm_loss`: CE(text) + weighted audio CE.
 - `lm_accuracy(output, codes, scored)`: top-1 accuracy of the text stream, the semantic and the acoustic
   codebooks over the positions that have a target.
@@ -50,18 +51,15 @@ def is_text_only_step(seed: int, step: int, share: float) -> bool:
     return share > 0 and random.Random(f"text-only:{seed}:{step}").random() < share
 
 
-def augment(codes: torch.Tensor, loss: LMLossSection, seed: int, step: int, micro_index: int) -> torch.Tensor:
-    """codes [B, K, T] -> a copy with text masking / text-only applied (see the module docstring)."""
-    if loss.text_mask_prob <= 0 and loss.text_only_share <= 0:
+def augment(codes: torch.Tensor, loss: LMLossSection, seed: int, step: int, micro_index: int,
+            text_only: bool = False) -> torch.Tensor:
+    """codes [B, K, T] -> a copy with text masking applied (see the module docstring)."""
+    if loss.text_mask_prob <= 0 or text_only:
         return codes
     codes = codes.clone()
-    if is_text_only_step(seed, step, loss.text_only_share):
-        codes[:, 1:] = -1
-        return codes
-    if loss.text_mask_prob > 0:
-        gen = torch.Generator().manual_seed(hash((seed, step, micro_index)) & 0x7FFF_FFFF_FFFF)
-        drop = torch.rand(codes.shape[0], generator=gen) < loss.text_mask_prob
-        codes[drop.to(codes.device), 0] = -1
+    gen = torch.Generator().manual_seed(hash((seed, step, micro_index)) & 0x7FFF_FFFF_FFFF)
+    drop = torch.rand(codes.shape[0], generator=gen) < loss.text_mask_prob
+    codes[drop.to(codes.device), 0] = -1
     return codes
 
 

@@ -18,6 +18,7 @@ LoRA).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import dump_yaml
 from .distributed import Dist, all_mean, barrier, init_distributed
 from .lm_config import LMTrainConfig
-from .lm_data import build_lm_data
+from .lm_data import build_lm_data, prepare_lm_data
 from .lm_export import export_lm
+from .lm_export import read_export_config as export_config
 from .lm_step import (
     augment,
     count_parameters,
@@ -99,11 +101,16 @@ def build_model(cfg: LMTrainConfig, source: ModelSource, device: torch.device) -
     return model.train()
 
 
-def _default_data(cfg: LMTrainConfig, source: ModelSource) -> DataFactory:
+def _default_data(cfg: LMTrainConfig, source: ModelSource, d: Dist) -> DataFactory:
+    prepared = None
+    if not cfg.data.synthetic:
+        if cfg.data.manifest is None:
+            raise ValueError("no data: pass --data MANIFEST (a JSONL dataset) or --data synthetic")
+        prepared = prepare_lm_data(cfg.data.manifest, source.files, d)
+
     def factory(split: str, **kw: Any):
-        manifest = cfg.data.manifest if split == "train" else (cfg.data.val_manifest or cfg.data.manifest)
-        return build_lm_data(source.cfg, split=split, manifest=manifest, synthetic=cfg.data.synthetic,
-                             model_files=source.files, **kw)
+        return build_lm_data(source.cfg, split=split, prepared=prepared, synthetic=cfg.data.synthetic,
+                             text_only_share=cfg.loss.text_only_share, val_share=cfg.data.val_share, **kw)
     return factory
 
 
@@ -135,7 +142,7 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
     parallelize(model, lm_blocks(model), activation_checkpointing=t.activation_checkpointing, compile=t.compile,
                 mesh=mesh)
     optimizer = build_adamw(model.named_parameters(), lm_param_groups(cfg.optim), cfg.optim)
-    factory = data or _default_data(cfg, source)
+    factory = data or _default_data(cfg, source, d)
     data_kw = dict(batch_size=t.batch_size, seq_frames=cfg.data.seq_frames, grad_accum=t.grad_accum,
                    rank=d.rank, world_size=d.world_size, seed=t.seed)
     train_data = factory(split="train", **data_kw)
@@ -194,8 +201,9 @@ def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg
         parts = torch.zeros(3, dtype=torch.float64)
         frames = 0
         for a in range(t.grad_accum):
-            codes = next(it).codes.to(d.device)
-            codes = augment(codes, cfg.loss, t.seed, step, a * d.world_size + d.rank)
+            batch = next(it)
+            codes = augment(batch.codes.to(d.device), cfg.loss, t.seed, step, a * d.world_size + d.rank,
+                            getattr(batch, "text_only", False))
             frames += codes.shape[0] * codes.shape[2]
             with _autocast(cfg, d.device):
                 loss, _ = lm_train_loss(model, codes, loss_cfg)
@@ -243,23 +251,27 @@ def _validate(cfg, d: Dist, model, factory, data_kw, loss_cfg, step: int) -> dic
     """Held-out loss and top-1 accuracies (text, semantic, acoustic) over `val_batches` global batches (each rank
     its grad_accum micro-batches of each), the same batches every time (a fresh iterator of the split)."""
     model.eval()
-    it = iter(factory(split="val", **data_kw))
     sums = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0}
     counts: dict[str, list[int]] = {}
-    n = max(1, cfg.train.val_batches) * cfg.train.grad_accum
-    for _ in range(n):
-        codes = next(it).codes.to(d.device)
+    n = 0
+    # a one-pass held-out loader may end sooner (it gives every rank the same number of batches)
+    for batch in itertools.islice(factory(split="val", **data_kw), cfg.train.val_batches * cfg.train.grad_accum):
+        codes = batch.codes.to(d.device)
         with _autocast(cfg, d.device):
             loss, out = lm_train_loss(model, codes, loss_cfg)
         for k, v in (("loss", loss.total), ("text_loss", loss.text), ("audio_loss", loss.audio)):
-            sums[k] += v.item() / n
+            sums[k] += v.item()
         for k, (ok, total) in lm_accuracy(out, codes, loss_cfg.audio_codebooks).items():
             c = counts.setdefault(k, [0, 0])
             c[0] += ok
             c[1] += total
+        n += 1
+    sums = {k: v / max(1, n) for k, v in sums.items()}
     model.train()
     means = all_mean({**sums, **{f"{k}_ok": v[0] for k, v in counts.items()},
                       **{f"{k}_n": v[1] for k, v in counts.items()}}, d)
+    if n == 0:  # no held-out data (data.val_share = 0, or too little data)
+        return {"step": step, "split": "val", "loss": None}
     rec: dict[str, Any] = {"step": step, "split": "val", "loss": means["loss"], "text_loss": means["text_loss"],
                            "audio_loss": means["audio_loss"]}
     for k in counts:
@@ -273,14 +285,19 @@ def _export(cfg: LMTrainConfig, d: Dist, model, source: ModelSource, folder: Pat
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     out = None
-    if d.is_main:
-        files = source.files
-        if cfg.lora.enabled:
-            out = lm_lora.save_adapters(model, folder, cfg.lora, state=state)
-        else:
-            out = export_lm(folder, state, source.cfg, mimi=files.mimi if files else None,
-                            tokenizer=files.tokenizer if files else None,
-                            mimi_overrides=files.mimi_overrides if files else None,
-                            lm_gen_config=files.repo_config.lm_gen_config if files else None)
+    files = source.files
+    common = dict(mimi=files.mimi if files else None, tokenizer=files.tokenizer if files else None,
+                  mimi_overrides=files.mimi_overrides if files else None,
+                  lm_gen_config=files.repo_config.lm_gen_config if files else None)
+    if cfg.lora.enabled:
+        # a model folder that runs with the adapters: the frozen base (linked from `model.init` when there is
+        # one), the adapters in lora.safetensors, config.json with Kyutai's `lora` keys
+        base = files.moshi if (files is not None and cfg.model.init is not None) else None
+        if d.is_main:
+            plain = {k: v for k, v in state.items() if not lm_lora.is_lora_parameter(k)}
+            out = export_lm(folder, plain, source.cfg, base_weights=base, **common)
+            lm_lora.save_adapters(state, folder, cfg.lora, export_config(folder))
+    elif d.is_main:
+        out = export_lm(folder, state, source.cfg, **common)
     barrier(d)
     return out
