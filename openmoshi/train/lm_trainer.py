@@ -48,7 +48,7 @@ from .lm_step import (
 )
 from .optim import build_adamw, set_lr
 from .parallelize import data_parallel_mesh, lm_blocks, parallelize
-from .run import CONFIG_NAME, MetricsLog, prepare_run_folder
+from .run import CONFIG_NAME, MetricsLog, check_run_folder, prepare_run_folder
 
 DataFactory = Callable[..., Any]  # (split=, batch_size=, seq_frames=, grad_accum=, rank=, world_size=, seed=) -> it
 
@@ -123,6 +123,10 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
         raise ValueError(f"train.batch_size {t.batch_size} is not a multiple of world size x grad_accum "
                          f"({d.world_size} x {t.grad_accum})")
     run = Path(run)
+    check_run_folder(run, resume)  # before any work: a finished run is never overwritten
+    say = log if d.is_main else (lambda _m: None)
+    source = resolve_model_source(cfg)
+    factory = data or _default_data(cfg, source, d)  # bad data is reported before the run folder exists
     if d.is_main:
         prepare_run_folder(run, resume)
         if not resume:
@@ -130,8 +134,6 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
 
             write_text(run / CONFIG_NAME, dump_yaml(cfg))
     barrier(d)
-    say = log if d.is_main else (lambda _m: None)
-    source = resolve_model_source(cfg)
     model = build_model(cfg, source, d.device)
     if cfg.lora.enabled:
         n = lm_lora.enable_lora(model, cfg.lora)
@@ -142,7 +144,6 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
     parallelize(model, lm_blocks(model), activation_checkpointing=t.activation_checkpointing, compile=t.compile,
                 mesh=mesh)
     optimizer = build_adamw(model.named_parameters(), lm_param_groups(cfg.optim), cfg.optim)
-    factory = data or _default_data(cfg, source, d)
     data_kw = dict(batch_size=t.batch_size, seq_frames=cfg.data.seq_frames, grad_accum=t.grad_accum,
                    rank=d.rank, world_size=d.world_size, seed=t.seed)
     train_data = factory(split="train", **data_kw)

@@ -7,9 +7,9 @@ RUN/
   checkpoints/     see checkpoint.py
   export/          the trained model (trainer-specific)
 
-`prepare_run_folder(path, resume)` refuses a non-empty folder unless resuming (so a finished run is never
-overwritten by accident) and a missing one when resuming. Only rank 0 writes here (the trainers call these on
-rank 0), except checkpoints, which every rank writes.
+`check_run_folder(path, resume)` (then `prepare_run_folder`, which creates it) refuses a non-empty folder
+unless resuming (so a finished run is never overwritten by accident) and a missing one when resuming. Only
+rank 0 writes here, except checkpoints, which every rank writes.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (exists and not resuming, missing when resuming...)."""
 
 
-def prepare_run_folder(path: str | Path, resume: bool) -> Path:
-    """Check (and create) the run folder: new and empty, or an existing run when `resume`."""
+def check_run_folder(path: str | Path, resume: bool) -> Path:
+    """Check the run folder without creating anything: new (or empty), or an existing run when `resume`."""
     run = Path(path).expanduser()
     if run.exists() and not run.is_dir():
         raise RunFolderError(f"run folder {run} exists and is not a folder")
@@ -43,6 +43,12 @@ def prepare_run_folder(path: str | Path, resume: bool) -> Path:
     if run.is_dir() and any(run.iterdir()):
         raise RunFolderError(f"run folder {run} is not empty: pass --resume to continue that run, or choose "
                              f"another --out")
+    return run
+
+
+def prepare_run_folder(path: str | Path, resume: bool) -> Path:
+    """`check_run_folder`, then create it."""
+    run = check_run_folder(path, resume)
     run.mkdir(parents=True, exist_ok=True)
     return run
 
