@@ -146,6 +146,8 @@ def _find_lora(settings: dict[str, Any] | None, given: str | None, locate: Calla
     scaling = settings["scaling"] if settings else None
     if given:
         path = Path(given).expanduser()
+        if path.is_dir():  # a run or checkpoint folder: its lora.safetensors (moshi-finetune's name and ours)
+            path = path / "lora.safetensors"
         if not path.is_file():
             raise ModelFilesError(f"LoRA adapter file not found: {path} (given with {flag})")
         return LoraFile(path, rank, scaling)
@@ -345,7 +347,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                    help="weights dtype (default float32 on CPU, bfloat16 on GPU)")
     g.add_argument("--lora", default=None, metavar="FILE",
-                   help="LoRA adapters (.safetensors, ours or moshi-finetune's) merged into the LM at load time")
+                   help="LoRA adapters (a .safetensors file, ours or moshi-finetune's, or a folder holding "
+                        "lora.safetensors), merged into the LM when it loads")
 
 
 def files_from_args(args: argparse.Namespace) -> ModelFiles:

@@ -66,15 +66,19 @@ def kyutai_modules(cfg: LMConfig) -> dict[str, list[str]]:
     Built from Kyutai's in-memory weight names mapped through `map_kyutai_name`, so the one adapter of names
     stays the only place that knows how the two models correspond.
     """
+    return _kyutai_modules(cfg.num_layers, cfg.depformer_num_layers, cfg.dep_q)
+
+
+def _kyutai_modules(num_layers: int, depformer_num_layers: int, dep_q: int) -> dict[str, list[str]]:
     names = ["text_linear"]
-    names += [f"{kind}.{k}" for kind in ("depformer_in", "linears") for k in range(cfg.dep_q)]
-    for i in range(cfg.num_layers):
+    names += [f"{kind}.{k}" for kind in ("depformer_in", "linears") for k in range(dep_q)]
+    for i in range(num_layers):
         p = f"transformer.layers.{i}"
         names += [f"{p}.self_attn.in_projs.0", f"{p}.self_attn.out_projs.0", f"{p}.gating.linear_in",
                   f"{p}.gating.linear_out"]
-    for i in range(cfg.depformer_num_layers):
+    for i in range(depformer_num_layers):
         p = f"depformer.layers.{i}"
-        for k in range(cfg.dep_q):
+        for k in range(dep_q):
             names += [f"{p}.self_attn.in_projs.{k}", f"{p}.self_attn.out_projs.{k}", f"{p}.gating.{k}.linear_in",
                       f"{p}.gating.{k}.linear_out"]
     out: dict[str, dict[int, str]] = {}
@@ -102,9 +106,21 @@ def _placement(name: str) -> Placement | None:
     return Placement(f"{ours.removesuffix('.weight')}.{m['ab']}", k, "stacked" if kind == "stacked" else "same")
 
 
-def to_kyutai_names(adapters: Mapping[str, torch.Tensor], cfg: LMConfig) -> dict[str, torch.Tensor]:
-    """Our adapters {"<layer>.lora_A"/"lora_B": tensor} -> Kyutai's names (per-step layers split per step)."""
-    modules = kyutai_modules(cfg)
+def _sizes_of(adapters: Mapping[str, torch.Tensor]) -> tuple[int, int, int]:
+    """(temporal layers, depth layers, depth steps) as far as the adapters' own names and shapes tell."""
+    def count(pattern: str) -> int:
+        found = [int(m[1]) for k in adapters if (m := re.match(pattern, k))]
+        return max(found) + 1 if found else 0
+
+    steps = {v.shape[0] for k, v in adapters.items() if k.startswith("depformer.") and v.dim() == 3}
+    return (count(r"transformer\.layers\.(\d+)\."), count(r"depformer\.transformer\.layers\.(\d+)\."),
+            max(steps) if steps else 1)
+
+
+def to_kyutai_names(adapters: Mapping[str, torch.Tensor], cfg: LMConfig | None = None) -> dict[str, torch.Tensor]:
+    """Our adapters {"<layer>.lora_A"/"lora_B": tensor} -> Kyutai's names (per-step layers split per step).
+    `cfg` None: the layer counts are read from the adapters' names (only those layers are named)."""
+    modules = kyutai_modules(cfg) if cfg is not None else _kyutai_modules(*_sizes_of(adapters))
     out = {}
     for key, value in adapters.items():
         layer, _, ab = key.rpartition(".")
@@ -131,40 +147,62 @@ def lora_config(kyutai_config: Mapping[str, Any], rank: int, scaling: float,
     return {**kyutai_config, "lora": True, "lora_rank": rank, "lora_scaling": scaling, "lora_name": lora_name}
 
 
-def save_lora(model: LMModel, path: str | Path, *, kyutai_config: Mapping[str, Any] | None = None,
+def save_lora(source: torch.nn.Module | Mapping[str, torch.Tensor], path: str | Path, *, rank: int | None = None,
+              scaling: float | None = None, kyutai_config: Mapping[str, Any] | None = None,
               dtype: torch.dtype | None = None, write: bool = True) -> Path:
-    """Save `model`'s adapters alone to `path` (a .safetensors file), in Kyutai's names, atomically.
+    """Save adapters alone, in Kyutai's names, atomically; returns the adapter file's path.
 
-    The file's metadata records rank, scaling and the adapted layers. With `kyutai_config` (the base model's
-    config.json contents) a `config.json` is written next to it (`lora_config`), as moshi-finetune does, so
-    Kyutai's tools load base + adapters from it. `dtype`: cast the adapters (default: as trained).
-    Under FSDP2 call it on every rank (the adapters are gathered) with `write=True` on one rank only.
+    `source`: a model with adapters (`apply_lora` / `load_lora`), or a state dict in our names that holds them
+    (other entries are ignored: e.g. the full state gathered from FSDP2), for which `scaling` is required.
+    `rank` / `scaling`, when given with a model, must be the model's. `path`: a `.safetensors` file, or a folder
+    that gets `lora.safetensors` and a `config.json` (`lora_config`: `kyutai_config`, the base model's
+    config.json contents, plus the LoRA keys), as moshi-finetune's checkpoint folders have; next to a file a
+    config.json is written only with `kyutai_config`. The file's metadata records rank, scaling and the layers.
+    `dtype`: cast the adapters (default: as trained). Under FSDP2, with a model, call it on every rank (the
+    adapters are gathered) with `write=True` on one rank only.
     """
     from safetensors.torch import save
 
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"an adapter file must end in .safetensors, got {path}")
-    layers = lora_layers(model)
-    if not layers:
-        raise ValueError("the model has no LoRA adapters to save (apply_lora first)")
-    settings = {(m.rank, m.scaling) for m in layers.values()}
-    if len(settings) != 1:
-        raise ValueError(f"the model's adapters mix ranks or scalings {sorted(settings)}: one file holds one of each")
-    ((rank, scaling),) = settings
-    state = {k: _gather(v) for k, v in _adapter_state(model).items()}
+    folder = path.suffix != ".safetensors"
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"adapters go to a .safetensors file or a folder; {path} is neither")
+    file = path / LORA_FILE_NAME if folder else path
+    if isinstance(source, torch.nn.Module):
+        layers = lora_layers(source)
+        if not layers:
+            raise ValueError("the model has no LoRA adapters to save (apply_lora first)")
+        settings = {(m.rank, m.scaling) for m in layers.values()}
+        if len(settings) != 1:
+            raise ValueError(f"the model's adapters mix ranks or scalings {sorted(settings)}: a file holds one")
+        ((model_rank, model_scaling),) = settings
+        for what, given, have in (("rank", rank, model_rank), ("scaling", scaling, model_scaling)):
+            if given is not None and given != have:
+                raise ValueError(f"LoRA {what} {given} asked for, but the model's adapters have {have}")
+        rank, scaling = model_rank, model_scaling
+        state = {k: _gather(v) for k, v in _adapter_state(source).items()}
+    else:
+        state = {k: _gather(v) for k, v in source.items() if k.rsplit(".", 1)[-1] in ADAPTER_NAMES}
+        if not state:
+            raise ValueError("the state dict holds no LoRA adapters (<layer>.lora_A / <layer>.lora_B)")
+        if scaling is None:
+            raise ValueError("saving adapters from a state dict needs their scaling")
+        ranks = {v.shape[-2] for k, v in state.items() if k.endswith(".lora_A")}
+        if len(ranks) != 1 or (rank is not None and ranks != {rank}):
+            raise ValueError(f"the adapters' ranks are {sorted(ranks)}" + (f", not {rank}" if rank else ""))
+        (rank,) = ranks
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
-    tensors = to_kyutai_names(state, model.cfg)
-    every = set(layers) == set(linear_layers(_meta_model(model.cfg)))
-    metadata = {"format": "pt", "lora_rank": str(rank), "lora_scaling": repr(scaling),
-                "lora_layers": "all" if every else json.dumps(sorted(layers))}
+    tensors = to_kyutai_names(state, getattr(source, "cfg", None))
+    layer_names = sorted({k.rsplit(".", 1)[0] for k in state})
+    metadata = {"format": "pt", "lora_rank": str(rank), "lora_scaling": repr(float(scaling)),
+                "lora_layers": json.dumps(layer_names)}
     if write:
-        write_bytes(path, save(dict(sorted(tensors.items())), metadata=metadata))
-        if kyutai_config is not None:
-            config = lora_config(kyutai_config, rank, scaling, path.name)
-            write_text(path.with_name("config.json"), json.dumps(config, indent=2) + "\n")
-    return path
+        write_bytes(file, save(dict(sorted(tensors.items())), metadata=metadata))
+        if folder or kyutai_config is not None:
+            config = lora_config(kyutai_config or {}, rank, float(scaling), file.name)
+            write_text(file.with_name("config.json"), json.dumps(config, indent=2) + "\n")
+    return file
 
 
 def _adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -16,7 +16,8 @@ Apply LoRA after loading the base weights and before any parallelize step (FSDP2
     merge_lora(model)                                  # W += scaling * B @ A, plain layers again
 
 Layer names in `targets` are module names of the model (`transformer.layers.0.attn.in_proj`): a pattern is an
-fnmatch glob on the full name, or (without a dot or wildcard) the last part of the name (`in_proj`, `heads`).
+fnmatch glob on the full name, or (without a dot or wildcard) the last part of the name (`in_proj`, `heads`);
+"all" (or no targets) means every linear.
 """
 
 from __future__ import annotations
@@ -154,12 +155,15 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def select_layers(model: nn.Module, targets: Sequence[str] | None = None) -> dict[str, nn.Module]:
-    """The linears `targets` name (None: all). A pattern that matches no linear is a ValueError naming it."""
+    """The linears `targets` name (None or a list holding "all": every one). A pattern that matches no linear
+    is a ValueError naming it."""
     layers = linear_layers(model)
     if targets is None:
         return layers
     if isinstance(targets, str) or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"LoRA targets must be a list of non-empty name patterns, got {targets!r}")
+    if "all" in targets:
+        return layers
     unmatched = [t for t in targets if not any(matches(n, t) for n in layers)]
     if unmatched:
         names = sorted({n.rsplit(".", 1)[-1] for n in layers})

@@ -156,6 +156,25 @@ def test_subset_of_layers_round_trips(tmp_path):
         assert torch.equal(lora_state_dict(other)[k], v), k
 
 
+def test_saved_from_a_state_dict_into_a_folder(tmp_path):
+    _, ours = _trained(steps=1, targets=["in_proj", "text_linear"])
+    full = {k: v.clone() for k, v in ours.state_dict().items()}  # e.g. gathered from FSDP2: base entries too
+    with pytest.raises(ValueError, match="needs their scaling"):
+        save_lora(full, tmp_path / "x")
+    path = save_lora(full, tmp_path / "run", scaling=SCALING, kyutai_config={"dim": CFG.dim})
+    assert path == tmp_path / "run" / "lora.safetensors"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config == {"dim": CFG.dim, "lora": True, "lora_rank": RANK, "lora_scaling": SCALING,
+                      "lora_name": "lora.safetensors"}
+    assert load_file(str(path)).keys() == load_file(str(save_lora(ours, tmp_path / "m.safetensors"))).keys()
+    other = LMModel(CFG).eval()
+    other.load_state_dict({k: v for k, v in full.items() if "lora_" not in k})
+    load_lora(other, path)
+    assert all(torch.equal(lora_state_dict(other)[k], v) for k, v in lora_state_dict(ours).items())
+    with pytest.raises(ValueError, match="rank 8 asked for"):
+        save_lora(ours, tmp_path / "r.safetensors", rank=8)
+
+
 def _saved(tmp_path):
     _, ours = _trained(steps=1)
     path = save_lora(ours, tmp_path / "good.safetensors")
@@ -210,3 +229,16 @@ def test_bad_adapter_files_are_refused_naming_the_problem(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a safetensors file"):
         load_lora(_fresh(), tmp_path / "junk.safetensors")
+
+
+def test_loading_into_a_model_with_adapters_replaces_them(tmp_path):
+    _, ours = _trained(steps=1)
+    path = save_lora(ours, tmp_path / "lora.safetensors")
+    other = LMModel(CFG).eval()
+    apply_lora(other, RANK, SCALING)
+    load_lora(other, path)  # e.g. resuming a LoRA run from its adapters
+    assert all(torch.equal(lora_state_dict(other)[k], v) for k, v in lora_state_dict(ours).items())
+    wrong = LMModel(CFG).eval()
+    apply_lora(wrong, RANK + 1, SCALING)
+    with pytest.raises(LoraError, match="already has adapters"):
+        load_lora(wrong, path)

@@ -132,6 +132,13 @@ def test_missing_lora_file_is_named(repo, tmp_path):
     with pytest.raises(ModelFilesError, match="LoRA adapter file not found: .*nope.safetensors .*--lora"):
         resolve_model_files(str(repo), lora=str(tmp_path / "nope.safetensors"))
     assert resolve_model_files(str(repo), roles=("mimi",), lora=str(tmp_path / "nope")).lora is None
+    with pytest.raises(ModelFilesError, match="not found: .*lora.safetensors"):  # a folder without adapters
+        resolve_model_files(str(repo), lora=str(tmp_path))
+
+
+def test_lora_folder_means_its_lora_safetensors(repo, adapted):
+    path, _ = adapted  # saved as <folder>/lora.safetensors
+    assert resolve_model_files(str(repo), lora=str(path.parent)).lora.path == path
 
 
 def test_generation_runs_through_unmerged_adapters(repo, adapted):
@@ -184,3 +191,13 @@ def test_chat_reports_bad_lora_files(repo, tmp_path, capsys):
                          "--output", str(tmp_path / "o.wav"), "--no-progress"])
         err = capsys.readouterr().err
         assert code != 0 and message in err and "Traceback" not in err, err
+
+
+def test_bfloat16_load_merges_close_to_float32(repo, adapted):
+    path, unmerged = adapted
+    lm = load_models(resolve_model_files(str(repo), lora=str(path)), device="cpu", dtype="bfloat16").lm
+    assert lm.dtype == torch.bfloat16 and not lora_layers(lm)
+    codes = _codes()
+    with torch.no_grad():
+        x, y = lm(codes).audio_logits.float(), unmerged(codes).audio_logits
+    assert (x - y).abs().max() < 0.1 * y.abs().max()  # bf16 weights: a few % of the logits' scale

@@ -101,6 +101,7 @@ def test_targets_select_layers_by_name():
     m = _model()
     assert apply_lora(m, 2, 1.0, targets=["transformer.layers.*.ff.*", "text_linear"]) == 2 * CFG.num_layers + 1
     assert "depformer.transformer.layers.0.ff.linear_in" not in lora_layers(m)
+    assert apply_lora(_model(), 2, 1.0, targets=["all"]) == len(linear_layers(_model()))
     with pytest.raises(ValueError, match=r"LoRA targets \['q_proj'\] match no linear layer"):
         apply_lora(_model(), 2, 1.0, targets=["in_proj", "q_proj"])
     with pytest.raises(ValueError, match="already has LoRA adapters"):
