@@ -81,15 +81,6 @@ def all_mean(values: dict[str, float], d: Dist) -> dict[str, float]:
     return {k: v / d.world_size for k, v in zip(keys, t.tolist(), strict=True)}
 
 
-def broadcast_object(obj: object, d: Dist) -> object:
-    """Rank 0's `obj` on every rank."""
-    if not d.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

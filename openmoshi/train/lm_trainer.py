@@ -124,6 +124,7 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
                          f"({d.world_size} x {t.grad_accum})")
     run = Path(run)
     check_run_folder(run, resume)  # before any work: a finished run is never overwritten
+    barrier(d)  # every rank has looked before rank 0 creates it
     say = log if d.is_main else (lambda _m: None)
     source = resolve_model_source(cfg)
     factory = data or _default_data(cfg, source, d)  # bad data is reported before the run folder exists
