@@ -64,13 +64,39 @@ def augment(codes: torch.Tensor, loss: LMLossSection, seed: int, step: int, micr
 
 
 def lm_train_loss(model: torch.nn.Module, codes: torch.Tensor, config: LossConfig) -> tuple[LMLoss, LMOutput]:
+    """The loss of `model(codes)`. Scoring every codebook of a model that also predicts the user (dep_q = n_q,
+    `audio_codebooks` None) gives BOTH sides' semantic codebooks the semantic weight (see `both_sides_loss`)."""
     out = model(codes)
+    cfg = getattr(model, "cfg", None)
+    if config.audio_codebooks is None and cfg is not None and cfg.dep_q == cfg.n_q and cfg.n_q >= 2:
+        return both_sides_loss(out, codes, config, cfg.n_q // 2), out
     return lm_loss(out, codes, config), out
 
 
+def _audio_weight(mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """sum of a_k over the valid positions of one side's codebooks (mask [B, S, T], codebook 0 semantic)."""
+    return config.semantic_weight * mask[:, 0].sum() + config.acoustic_weight * mask[:, 1:].sum()
+
+
+def both_sides_loss(out: LMOutput, codes: torch.Tensor, config: LossConfig, side: int) -> LMLoss:
+    """FACTS.md's loss over both sides' codebooks (Moshi's 0..side-1, the user's side..2*side-1), each side's
+    first codebook semantic: CE(text) + (sum_k a_k CE_k) / (sum_k a_k) over all of them. `lm_loss` per side
+    (each its weighted mean), recombined with the sides' weight sums into the one weighted mean."""
+    moshi = lm_loss(LMOutput(out.text_logits, out.text_mask, out.audio_logits[:, :side], out.audio_mask[:, :side]),
+                    codes[:, :side + 1], config)
+    user_codes = torch.cat([codes[:, :1], codes[:, side + 1:2 * side + 1]], dim=1)
+    user = lm_loss(LMOutput(out.text_logits, torch.zeros_like(out.text_mask), out.audio_logits[:, side:],
+                            out.audio_mask[:, side:]), user_codes, config)
+    w_m, w_u = _audio_weight(out.audio_mask[:, :side], config), _audio_weight(out.audio_mask[:, side:], config)
+    audio = (moshi.audio * w_m + user.audio * w_u) / (w_m + w_u).clamp_min(1e-12)
+    return LMLoss(moshi.text + audio, moshi.text, audio)
+
+
 @torch.no_grad()
-def lm_accuracy(out: LMOutput, codes: torch.Tensor, scored: tuple[int, ...] | None) -> dict[str, tuple[int, int]]:
-    """(correct, counted) for "text", "semantic" and "acoustic" over positions with a target."""
+def lm_accuracy(out: LMOutput, codes: torch.Tensor, scored: tuple[int, ...] | None,
+                side: int | None = None) -> dict[str, tuple[int, int]]:
+    """(correct, counted) for "text", "semantic" and "acoustic" over positions with a target. `side`: codebooks
+    per side (the first of each side is semantic); None = only codebook 0 is."""
     codes = codes.to(out.text_logits.device)
     result: dict[str, tuple[int, int]] = {}
     hit = (out.text_logits.argmax(-1) == codes[:, :1]) & out.text_mask
@@ -79,8 +105,8 @@ def lm_accuracy(out: LMOutput, codes: torch.Tensor, scored: tuple[int, ...] | No
     ks = list(range(dep_q)) if scored is None else list(scored)
     pred = out.audio_logits.argmax(-1)
     target = codes[:, 1:dep_q + 1]
-    sem = [k for k in ks if k == 0]
-    aco = [k for k in ks if k != 0]
+    sem = [k for k in ks if (k % side == 0 if side else k == 0)]
+    aco = [k for k in ks if k not in sem]
     for name, idx in (("semantic", sem), ("acoustic", aco)):
         if not idx:
             continue

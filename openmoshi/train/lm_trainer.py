@@ -263,7 +263,7 @@ def _validate(cfg, d: Dist, model, factory, data_kw, loss_cfg, step: int) -> dic
             loss, out = lm_train_loss(model, codes, loss_cfg)
         for k, v in (("loss", loss.total), ("text_loss", loss.text), ("audio_loss", loss.audio)):
             sums[k] += v.item()
-        for k, (ok, total) in lm_accuracy(out, codes, loss_cfg.audio_codebooks).items():
+        for k, (ok, total) in lm_accuracy(out, codes, loss_cfg.audio_codebooks, max(1, model.cfg.n_q // 2)).items():
             c = counts.setdefault(k, [0, 0])
             c[0] += ok
             c[1] += total
