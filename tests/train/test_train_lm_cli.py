@@ -63,7 +63,8 @@ def test_fine_tune_a_tiny_kyutai_model_from_recordings(repo, tmp_path, capsys):
     assert cli.main(["chat", "--model", str(export), "--input", str(user), "--output", str(out),
                      "--no-progress"]) == 0
     assert out.is_file()
-    # the prepared data was kept next to the manifest and reused: a second run does not prepare again
+    # the dataset was prepared on first use, beside the manifest (where the next run finds it)
+    assert (manifest.parent / "data.prepared" / "index.json").is_file()
     config = (run / "config.yaml").read_text()
     assert "init: " + str(repo) in config and "manifest: " + str(manifest) in config
 
