@@ -128,6 +128,9 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
     say = log if d.is_main else (lambda _m: None)
     source = resolve_model_source(cfg)
     factory = data or _default_data(cfg, source, d)  # bad data is reported before the run folder exists
+    data_kw = dict(batch_size=t.batch_size, seq_frames=cfg.data.seq_frames, grad_accum=t.grad_accum,
+                   rank=d.rank, world_size=d.world_size, seed=t.seed)
+    train_data = factory(split="train", **data_kw)
     if d.is_main:
         prepare_run_folder(run, resume)
         if not resume:
@@ -145,9 +148,6 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
     parallelize(model, lm_blocks(model), activation_checkpointing=t.activation_checkpointing, compile=t.compile,
                 mesh=mesh)
     optimizer = build_adamw(model.named_parameters(), lm_param_groups(cfg.optim), cfg.optim)
-    data_kw = dict(batch_size=t.batch_size, seq_frames=cfg.data.seq_frames, grad_accum=t.grad_accum,
-                   rank=d.rank, world_size=d.world_size, seed=t.seed)
-    train_data = factory(split="train", **data_kw)
     ckpt = CheckpointManager(run / "checkpoints", d, keep=t.keep_checkpoints)
     models, optims = {"lm": model}, {"lm": (model, optimizer)}
     start = 0

@@ -90,6 +90,10 @@ def test_errors_are_clear(tmp_path, capsys, repo):
     _fails(["train", "lm", "--resume", "--out", str(tmp_path / "nothing")], capsys, "cannot resume")
     _fails(["train", "lm", "tiny", "--resume", "--out", out], capsys, "CONFIG")
     _fails(["train", "lm"], capsys, "give a CONFIG")
+    manifest = small_dataset(tmp_path / "data", n=3)  # no text files
+    _fails(["train", "lm", "tiny", "--model", str(repo), "--data", str(manifest), "--out", out, "--set",
+            "loss.text_only_share=0.5", "--no-progress"], capsys, "text_only_share", "no text")
+    assert not Path(out).exists()  # refused before the run folder was made
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
