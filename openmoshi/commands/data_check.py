@@ -31,7 +31,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.quiet:
         for line in result.summary.lines():
             print(line)
-        verdict = ("OK" if result.ok else
-                   f"{len(result.problems)} problems in {len(result.bad_entries)} of {len(result.entries)} entries")
-        print(f"{len(result.entries)} entries: {verdict}")
+        unusable = sum(1 for p in result.problems if p.line is not None)  # manifest lines that are no entry
+        total = len(result.entries) + unusable
+        usable = len(result.entries) - len(result.bad_entries)
+        verdict = "OK" if result.ok else f"{len(result.problems)} problems; {usable} of {total} entries usable"
+        print(f"{total} entries: {verdict}")
     return 0 if result.ok else 1

@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="audio per batch, all channels together (1200; bounds memory)")
     w.add_argument("--chunk-size", type=positive_int, default=64, metavar="N",
                    help="manifest entries per shard: the unit of resumption and of the split across ranks (64)")
-    w.add_argument("--block-frames", type=positive_int, default=25, metavar="N",
-                   help="frames per Mimi call (25 = 2 s; bounds memory for long files)")
+    w.add_argument("--block-frames", type=positive_int, default=125, metavar="N",
+                   help="frames per Mimi call (125 = 10 s): bounds memory for long files; smaller is slower")
     w.add_argument("--rank", type=non_negative_int, default=None, help="this process's share (default $RANK or 0)")
     w.add_argument("--world-size", type=positive_int, default=None,
                    help="processes sharing the work (default $WORLD_SIZE or 1)")

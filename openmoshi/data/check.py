@@ -18,6 +18,7 @@ from pathlib import Path
 from .manifest import (
     ACCEPTED_CHANNELS,
     ACCEPTED_RATES,
+    MAIN_SPEAKER,
     ManifestEntry,
     Problem,
     Word,
@@ -44,18 +45,28 @@ class Summary:
     words: int = 0  # aligned words, every speaker
     moshi_words: int = 0  # the words of Moshi's text stream
     speakers: set[str] = field(default_factory=set)
+    silent_moshi: list[str] = field(default_factory=list)  # conversations with words but none of SPEAKER_MAIN
 
     @property
     def hours(self) -> float:
         return self.seconds / 3600
 
     def lines(self) -> list[str]:
-        return [f"{self.hours:.3f} hours of audio: {self.conversations} conversations (2 channels), "
+        return [f"{self.hours:.3f} hours ({self.seconds:.1f} s) of audio: {self.conversations} conversations "
+                f"(2 channels), "
                 f"{self.mono} single-stream files (1 channel); {self.text_files} text files "
                 f"({self.text_lines} lines)",
                 f"{self.words} aligned words ({self.moshi_words} in Moshi's text stream), "
                 f"{len(self.speakers)} speakers: {', '.join(sorted(self.speakers)[:10])}"
-                + (", ..." if len(self.speakers) > 10 else "")]
+                + (", ..." if len(self.speakers) > 10 else "")] + self.notes()
+
+    def notes(self) -> list[str]:
+        """Not errors, but likely mistakes worth a look."""
+        if not self.silent_moshi:
+            return []
+        return [f"note: {len(self.silent_moshi)} conversations have words but none of {MAIN_SPEAKER}, so Moshi's "
+                f"text stream stays PAD there (speaker labels of another convention?): "
+                f"{', '.join(self.silent_moshi[:3])}" + (", ..." if len(self.silent_moshi) > 3 else "")]
 
 
 @dataclass
@@ -131,6 +142,8 @@ def _check_audio(entry: ManifestEntry, tolerance: float, summary: Summary) -> li
             summary.mono += 1
         summary.words += len(words)
         summary.moshi_words += len(moshi_words(words, info.channels))
+        if info.channels == 2 and words and not moshi_words(words, 2):
+            summary.silent_moshi.append(str(entry.sidecar))
         summary.speakers.update(w.speaker for w in words if w.speaker is not None)
     return problems
 

@@ -73,7 +73,7 @@ class LoaderConfig:
     @classmethod
     def for_model(cls, cfg: LMConfig, **overrides: Any) -> LoaderConfig:
         """The codebooks of a model's grid (`prepare.codebooks_per_side`), other fields from `overrides`."""
-        from .prepare import codebooks_per_side
+        from .encode import codebooks_per_side
 
         moshi, user = codebooks_per_side(cfg)
         return cls(**{"moshi_codebooks": moshi, "user_codebooks": user, **overrides})
@@ -122,6 +122,7 @@ class LMDataLoader:
         self.text = [(c.name, i) for c in self.index.chunks for i in c.items if i.kind == "text" and i.length]
         self._text_starts = np.cumsum([0] + [i.length for _, i in self.text])
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._per_epoch: int | None = None
         if split == "train":
             if not self.items and not self.text:
                 raise ValueError(f"{self.index.folder}: no training data (every conversation is held out?)")
@@ -131,19 +132,30 @@ class LMDataLoader:
 
     # ---- resumption ------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
-        desc = repr((asdict(self.cfg), self.split, [(c, i.source, i.offset, i.length) for c, i in self.items],
+        """The data and the settings that decide the batches, except rank, world size and batch size."""
+        shape = ("rank", "world_size", "batch_size")
+        settings = {k: v for k, v in asdict(self.cfg).items() if k not in shape}
+        desc = repr((settings, self.split, [(c, i.source, i.offset, i.length) for c, i in self.items],
                      [(c, i.source, i.length) for c, i in self.text]))
         return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
-        """The position: the next batch of `__iter__` (plain ints and strings: fits any checkpoint)."""
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "fingerprint": self._fingerprint()}
+        """The position: the next batch of `__iter__` (plain ints and strings: fits any checkpoint). It is the
+        same on every rank, so saving one rank's is enough."""
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "fingerprint": self._fingerprint(),
+                "crops_per_batch": self.cfg.batch_size * self.cfg.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at `state`'s position: exactly the same batches with the same ranks and batch size; with
+        another global batch (ranks x batch size), at the same share of the epoch."""
         if state.get("fingerprint") != self._fingerprint():
-            raise ValueError("the loader's state was saved for other data or another loader config (seed, batch "
-                             "size, crop length, ranks): cannot resume its position")
+            raise ValueError("the loader's state was saved for other data or another loader config (seed, crop "
+                             "length, shares): cannot resume its position")
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        before = int(state.get("crops_per_batch", self.cfg.batch_size * self.cfg.world_size))
+        now = self.cfg.batch_size * self.cfg.world_size
+        if before != now:  # resharded: the crops already seen this epoch stay seen
+            self.batch = min(self.batch * before // now, self.batches_per_epoch() - 1)
 
     # ---- reading ---------------------------------------------------------------------------------
     def _array(self, chunk: str, kind: str) -> np.ndarray:
@@ -197,6 +209,11 @@ class LMDataLoader:
 
     def batches_per_epoch(self) -> int:
         """Audio batches per epoch on each rank (text-only batches come on top)."""
+        if self._per_epoch is None:
+            self._per_epoch = self._count_batches()
+        return self._per_epoch
+
+    def _count_batches(self) -> int:
         if not self.items:
             total = int(self._text_starts[-1])
             return max(1, total // (self.cfg.batch_size * self.cfg.frames * self.cfg.world_size))

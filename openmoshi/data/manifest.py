@@ -130,7 +130,7 @@ def parse_manifest(path: str | Path) -> tuple[list[ManifestEntry], list[Problem]
     path = Path(path).expanduser()
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         return [], [Problem(source, "manifest not found")]
     except IsADirectoryError:
@@ -203,7 +203,7 @@ def read_sidecar(path: Path) -> tuple[list[Word], list[Problem]]:
     """Words of a sidecar file, and its problems (missing, unreadable, bad JSON, malformed entries)."""
     source = str(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         return [], [Problem(source, "missing sidecar (the word alignments, same stem as the audio, .json)")]
     except json.JSONDecodeError as err:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .check import DEFAULT_TOLERANCE, check_dataset
+from .encode import Codec, CodecError, codebooks_per_side, encode_rows, load_codec, model_identity
 from .manifest import (
-    MAIN_SPEAKER,
     ManifestEntry,
     audio_info,
     file_sha256,
@@ -37,6 +37,7 @@ from .manifest import (
 )
 from .shards import (
     CHUNK_DIR,
+    FORMAT,
     INDEX_NAME,
     ChunkRecord,
     Identity,
@@ -53,10 +54,11 @@ from .text_grid import num_frames, text_stream
 if TYPE_CHECKING:
     import torch
 
-    from ..codec.mimi import Mimi
-    from ..lm.config import LMConfig
-    from ..lm.text import TextTokenizer
     from ..model_files import ModelFiles
+
+
+__all__ = ["PrepareError", "PrepareOptions", "PrepareReport", "Codec", "CodecError", "codebooks_per_side",
+           "model_identity", "load_codec", "default_out", "prepare", "is_prepared", "ensure_prepared"]
 
 
 class PrepareError(ValueError):
@@ -68,7 +70,7 @@ class PrepareOptions:
     chunk_size: int = 64  # manifest entries per chunk (the unit of resumption and of the split across ranks)
     batch_size: int = 8  # files encoded together
     max_batch_seconds: float = 1200.0  # audio per batch, all rows together (bounds memory for long files)
-    block_frames: int = 25  # frames per streaming call (2 s at 12.5 Hz)
+    block_frames: int = 125  # frames per streaming call (10 s at 12.5 Hz; fewer calls are faster, more memory)
     rank: int = 0
     world_size: int = 1
     skip_invalid: bool = False
@@ -83,64 +85,12 @@ class PrepareOptions:
 
 
 @dataclass
-class Codec:
-    """What preparing needs of a model: its Mimi, its tokenizer, and their identity."""
-
-    mimi: Mimi
-    tokenizer: TextTokenizer
-    identity: Identity
-    device: torch.device
-
-
-@dataclass
 class PrepareReport:
     index: PreparedIndex | None  # None while chunks of other ranks are missing
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # other ranks' chunks not done yet
     skipped_problems: list[str] = field(default_factory=list)
-
-
-def codebooks_per_side(cfg: LMConfig) -> tuple[int, int]:
-    """(Moshi's codebooks, the user's) on the model's grid: 8 and 8 for moshiko (also with dep_q = 16)."""
-    moshi = cfg.dep_q if cfg.num_user_codebooks else cfg.n_q // 2
-    return moshi, cfg.n_q - moshi
-
-
-def model_identity(files: ModelFiles) -> Identity:
-    """The identity of a model's Mimi and tokenizer (hashes the two files; builds nothing)."""
-    from ..codec.presets import mimi_config_from_overrides
-
-    if files.mimi is None or files.tokenizer is None:
-        raise ValueError("preparing data needs the model's Mimi and tokenizer files")
-    lm = files.repo_config.lm
-    mcfg = mimi_config_from_overrides(files.mimi_overrides)
-    return Identity(file_sha256(files.mimi), file_sha256(files.tokenizer), max(codebooks_per_side(lm)),
-                    mcfg.quantizer.codebook_size, mcfg.frame_rate, mcfg.sample_rate, lm.text_padding_id,
-                    lm.text_end_padding_id, MAIN_SPEAKER)
-
-
-def load_codec(files: ModelFiles, device: str | torch.device | None = None,
-               identity: Identity | None = None) -> Codec:
-    """Mimi (float32) and the tokenizer of a model, on `device` (None: cuda when available)."""
-    from ..codec.checkpoint import load_mimi
-    from ..codec.presets import mimi_config_from_overrides
-    from ..inference.models import resolve_device
-    from ..lm.text import TextTokenizer
-
-    identity = identity or model_identity(files)
-    lm = files.repo_config.lm
-    mcfg = mimi_config_from_overrides(files.mimi_overrides)
-    if mcfg.quantizer.num_codebooks < identity.codebooks:
-        raise PrepareError(f"Mimi has {mcfg.quantizer.num_codebooks} codebooks, the model needs "
-                           f"{identity.codebooks} per side")
-    if mcfg.quantizer.codebook_size != lm.card:
-        raise PrepareError(f"Mimi's codebooks have {mcfg.quantizer.codebook_size} entries, the model's card is "
-                           f"{lm.card}: not this model's Mimi")
-    dev = device if not isinstance(device, (str, type(None))) else resolve_device(device)
-    tokenizer = TextTokenizer.for_model(files.tokenizer, lm)  # type: ignore[arg-type]
-    mimi = load_mimi(files.mimi, mcfg, device=dev)  # type: ignore[arg-type]
-    return Codec(mimi, tokenizer, identity, dev)
 
 
 def default_out(manifest: str | Path) -> Path:
@@ -174,9 +124,16 @@ def _check_out(out: Path, identity: Identity) -> None:
                                f"prepared data there; give an empty or new folder")
     if (out / INDEX_NAME).exists():
         try:
+            raw = json.loads((out / INDEX_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raw = None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise PrepareError(f"--out {out} holds an {INDEX_NAME} that is not one of prepared data: refusing to "
+                               f"replace it; give an empty or new folder")
+        try:
             old = read_index(out).identity
         except PreparedDataError:
-            return  # damaged: rebuilt below
+            return  # ours but damaged or of an older version: rebuilt
         diff = old.differences(identity)
         if diff:
             raise PrepareError(f"{out} holds data prepared with another model ({'; '.join(diff)}): give another "
@@ -203,32 +160,6 @@ def _batches(entries: list[tuple[ManifestEntry, int, int]], options: PrepareOpti
         else:
             batch.append(item)
     return batches
-
-
-def encode_rows(mimi: Mimi, rows: list[np.ndarray], codebooks: int, block_frames: int, device: torch.device,
-                on_block=None) -> list[np.ndarray]:
-    """Mimi codes [Q, ceil(len / frame)] of each mono signal, encoded as one zero-padded batch, streamed in
-    blocks of `block_frames` (the same codes as a whole-file encode)."""
-    import torch
-
-    from ..nn.streaming import streaming
-
-    frame = mimi.frame_size
-    lengths = [num_frames(len(r), frame) for r in rows]
-    total = max(lengths)
-    x = np.zeros((len(rows), 1, total * frame), dtype=np.float32)
-    for i, r in enumerate(rows):
-        x[i, 0, :len(r)] = r
-    out = []
-    with torch.no_grad(), streaming(mimi, len(rows)):
-        for start in range(0, total, block_frames):
-            stop = min(total, start + block_frames)
-            block = torch.from_numpy(x[..., start * frame:stop * frame]).to(device)
-            out.append(mimi.encode(block, codebooks).cpu())
-            if on_block is not None:
-                on_block(start, stop)
-    codes = torch.cat(out, -1).numpy()
-    return [codes[i, :, :n] for i, n in enumerate(lengths)]
 
 
 def _prepare_audio(codec: Codec, batch: list[tuple[ManifestEntry, int, int]], options: PrepareOptions, bar
@@ -373,22 +304,37 @@ def is_prepared(manifest: str | Path, out: str | Path, identity: Identity) -> Pr
     return index
 
 
-def ensure_prepared(manifest: str | Path, files: ModelFiles, out: str | Path | None = None, *,
+def ensure_prepared(data: str | Path, files: ModelFiles, out: str | Path | None = None, *,
                     device: str | torch.device | None = None,
                     options: PrepareOptions = PrepareOptions(progress=True)) -> PreparedIndex:
-    """The prepared data of `manifest` for the model `files` (Mimi and tokenizer; the LM is not loaded),
-    preparing it first when `out` (default: `default_out(manifest)`) has no matching index.
+    """The prepared data for the model `files` (its Mimi and tokenizer; the LM is never loaded).
 
-    Raises ManifestError/PrepareError (a dataset with problems, a folder made with another model) and, in a
-    multi-rank call (`options.rank/world_size`), PrepareError when other ranks' chunks are still missing: then
-    synchronise the ranks (a barrier) and call again, or call it on one rank while the others wait.
+    `data` is a manifest (JSONL, or a .txt list of text files): its prepared folder (`out`, default
+    `default_out(data)`) is returned when it matches the manifest's content and the model, else prepared first
+    (resuming what is already there). `data` may also be a prepared folder (or its index.json): it is checked
+    against the model and returned.
+
+    Raises PrepareError (a dataset with problems, data made with another model) and, in a multi-rank call
+    (`options.rank/world_size`), PrepareError when other ranks' chunks are still missing: then synchronise the
+    ranks (a barrier) and call again, or call it on one rank while the others wait.
     """
-    out_path = default_out(manifest) if out is None else Path(out).expanduser()
     identity = model_identity(files)
-    index = is_prepared(manifest, out_path, identity)
+    path = Path(data).expanduser()
+    if path.is_dir() or path.name == INDEX_NAME:
+        try:
+            index = read_index(path)
+        except PreparedDataError as err:
+            raise PrepareError(str(err)) from None
+        diff = index.identity.differences(identity)
+        if diff:
+            raise PrepareError(f"{index.folder} was prepared with another model ({'; '.join(diff)}): prepare "
+                               f"its manifest again with this model's Mimi and tokenizer")
+        return index
+    out_path = default_out(path) if out is None else Path(out).expanduser()
+    index = is_prepared(path, out_path, identity)
     if index is not None:
         return index
-    report = prepare(manifest, out_path, load_codec(files, device, identity), options)
+    report = prepare(path, out_path, load_codec(files, device, identity), options)
     if report.index is None:
         raise PrepareError(f"{out_path}: {len(report.pending)} chunks of other ranks are not prepared yet "
                            f"({', '.join(report.pending[:3])}...): wait for them, then call again")

@@ -115,3 +115,11 @@ def test_missing_or_empty_manifest_and_text_lists(tmp_path, capsys):
     result = check_dataset(tmp_path / "list.txt")
     assert sorted(p.message.split(" (")[0] for p in result.problems) == ["empty text file", "missing text file"]
     assert result.summary.text_files == 1
+
+
+def test_a_note_for_conversations_without_moshi_words(tmp_path, capsys):
+    line = write_conversation(tmp_path, "c", 1.0, [["hi", [0.1, 0.2], "SPEAKER_0"], ["yo", [0.3, 0.4], "SPEAKER_1"]])
+    manifest = write_manifest(tmp_path / "m.jsonl", [line])
+    assert cli(["data", "check", str(manifest)]) == 0  # not an error
+    out = capsys.readouterr().out
+    assert "note: 1 conversations have words but none of SPEAKER_MAIN" in out and "c.json" in out

@@ -137,6 +137,18 @@ def test_resuming_mid_epoch_equals_an_uninterrupted_run(prepared, share):
         LMDataLoader(index, cfg(seed=8)).load_state_dict(state)
 
 
+def test_the_state_is_the_same_on_every_rank_and_survives_a_new_world_size(prepared):
+    index, _ = prepared
+    loaders = [LMDataLoader(index, cfg(batch_size=1, rank=r, world_size=2)) for r in range(2)]
+    for loader in loaders:
+        take(loader, 3)
+    assert loaders[0].state_dict() == loaders[1].state_dict()
+    state = loaders[0].state_dict()
+    one = LMDataLoader(index, cfg(batch_size=1))  # one rank now: the 3 batches of 2 ranks were 6 crops
+    one.load_state_dict(state)
+    assert (one.epoch, one.batch, one.step) == (state["epoch"], 6, 3)
+
+
 def test_text_only_batches(prepared):
     index, text_index = prepared
     batches = take(LMDataLoader(index, cfg(text_only_share=0.5)), 40)
@@ -192,3 +204,25 @@ def test_config_checks(prepared):
         LoaderConfig(rank=2, world_size=2)
     assert LoaderConfig.for_model(tiny_lm_config()).num_streams == 17
     assert LoaderConfig.for_model(tiny_lm_config(dep_q=16)).num_streams == 17
+
+
+def test_batches_feed_the_model_and_its_loss(prepared):
+    """The grid is what LMModel.forward and lm_loss take: in-range tokens, a finite loss, text-only too."""
+    import torch
+
+    from openmoshi.lm.loss import LossConfig, lm_loss
+    from openmoshi.lm.model import LMModel
+
+    index, _ = prepared
+    lm_cfg = tiny_lm_config()
+    model = LMModel(lm_cfg)
+    model.init_weights()
+    batches = take(LMDataLoader(index, LoaderConfig.for_model(lm_cfg, batch_size=2, frames=T, text_only_share=0.5,
+                                                              seed=1)), 6)
+    assert {b.text_only for b in batches} == {False, True}
+    for batch in batches:
+        codes = batch.codes
+        assert codes[:, 0].max() < lm_cfg.text_card and codes[:, 1:].max() < lm_cfg.card
+        with torch.no_grad():
+            loss = lm_loss(model(codes), codes, LossConfig.for_model(lm_cfg))
+        assert torch.isfinite(loss.total), (batch.text_only, loss)

@@ -164,6 +164,22 @@ def test_cli(tmp_path, model, capsys):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert cli([*args, "--out", str(tmp_path / "busy")]) == 1
     assert "holds other files" in capsys.readouterr().err
+    (tmp_path / "busy" / "index.json").write_text("{}")
+    assert cli([*args, "--out", str(tmp_path / "busy")]) == 1
+    assert "not one of prepared data" in capsys.readouterr().err
     assert cli(["data", "prepare", str(manifest), "--model", str(tmp_path / "nomodel"), "--out", str(out)]) == 1
     assert "nomodel' is neither an existing folder" in capsys.readouterr().err
     assert cli([*args[:-2], "--rank", "2", "--world-size", "2"]) == 2
+
+
+def test_ensure_prepared_takes_a_prepared_folder_and_checks_its_model(tmp_path, model):
+    manifest = small_dataset(tmp_path / "ds", n=2)
+    files = resolve_model_files(str(model), roles=("mimi", "tokenizer"))
+    index = ensure_prepared(manifest, files, tmp_path / "out", device="cpu", options=OPTS)
+    assert ensure_prepared(tmp_path / "out", files).chunks == index.chunks
+    assert ensure_prepared(tmp_path / "out" / "index.json", files).chunks == index.chunks
+    other = resolve_model_files(str(tiny_model_folder(tmp_path / "other", seed=1)), roles=("mimi", "tokenizer"))
+    with pytest.raises(PrepareError, match="prepared with another model .*mimi_sha256"):
+        ensure_prepared(tmp_path / "out", other)
+    with pytest.raises(PrepareError, match="no prepared data"):
+        ensure_prepared(tmp_path / "ds", files)
