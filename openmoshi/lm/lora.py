@@ -234,7 +234,8 @@ def _number(value: Any, kind: type, what: str, source: str) -> Any:
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
-    """rank / scaling of a config.json next to the adapter file (moshi-finetune's checkpoint folder), if any."""
+    """rank / scaling of a config.json next to the adapter file (moshi-finetune's checkpoint folder), if any
+    and if it says `"lora": true`."""
     config = path.with_name("config.json")
     if not config.is_file():
         return {}
@@ -242,7 +243,7 @@ def _sidecar(path: Path) -> dict[str, Any]:
         raw = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise LoraError(f"cannot read {config} (next to the adapters {path.name}): {err}") from None
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or raw.get("lora") is not True:  # as Kyutai's loader: the keys count with lora
         return {}
     return {k: raw[k] for k in ("lora_rank", "lora_scaling") if k in raw}
 

@@ -242,3 +242,13 @@ def test_loading_into_a_model_with_adapters_replaces_them(tmp_path):
     apply_lora(wrong, RANK + 1, SCALING)
     with pytest.raises(LoraError, match="already has adapters"):
         load_lora(wrong, path)
+
+
+def test_a_config_json_without_lora_true_beside_the_file_is_not_read(tmp_path):
+    _, ours = _trained(steps=0)
+    path = save_lora(ours, tmp_path / "lora.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"lora": False, "lora_rank": 128, "lora_scaling": 9.0}))
+    assert load_lora(_fresh(), path).scaling == SCALING
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(LoraError, match="cannot read .*config.json"):
+        load_lora(_fresh(), path)
