@@ -12,7 +12,8 @@ atomic on POSIX) after a barrier that every rank reaches only once its files are
 during a save leaves the previous `step_*` untouched and loadable.
 
 Resharding: DCP reloads model and optimiser state under another world size (it reshards on load). The
-per-rank JSON states only apply to the same world size; on a change they are not restored and `load` says so.
+per-rank JSON states only apply to the same world size (`Loaded.rank_state` is None on a change);
+`Loaded.first_rank_state` (rank 0's) serves states that are the same on every rank, such as the data loader's.
 
 Trust: DCP's format is read only from our own run folder (it is what torch.distributed.checkpoint writes; its
 `.metadata` file is a pickle, so never point `--resume` at a run folder from someone else). Exports for
@@ -72,6 +73,7 @@ class Loaded:
     step: int
     rank_state: dict[str, Any] | None  # None when the world size changed
     path: Path
+    first_rank_state: dict[str, Any] | None = None  # rank 0's, whatever the world size (for rank-free states)
 
 
 class CheckpointManager:
@@ -157,7 +159,9 @@ class CheckpointManager:
         rank_file = path / f"rank_{self.dist.rank:05d}.json"
         if meta.get("world_size") == self.dist.world_size and rank_file.is_file():
             rank_state = json.loads(rank_file.read_text())
-        return Loaded(int(meta["step"]), rank_state, path)
+        first = path / "rank_00000.json"
+        first_state = json.loads(first.read_text()) if first.is_file() else None
+        return Loaded(int(meta["step"]), rank_state, path, first_state)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -80,10 +80,11 @@ class SyntheticLMData:
             yield LMBatch(codes=codes, text_only=text_only)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
+        return {"step": self.position // self.accum, "micro": self.position % self.accum}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = int(state["position"])
+        """The same position (the next step), whatever the ranks and accumulation now."""
+        self.position = int(state["step"]) * self.accum + min(int(state["micro"]), self.accum - 1)
 
 
 def build_lm_data(cfg: LMConfig, *, split: str, batch_size: int, seq_frames: int, grad_accum: int, rank: int,

@@ -161,8 +161,15 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
             if loaded.rank_state is not None:
                 train_data.load_state_dict(loaded.rank_state["data"])
                 set_rng_state(loaded.rank_state["rng"])
-            else:
-                say("the world size changed since the checkpoint: the data order restarts")
+            elif loaded.first_rank_state is not None:
+                # another world size: the loader's position is the same on every rank, so rank 0's serves
+                try:
+                    train_data.load_state_dict(loaded.first_rank_state["data"])
+                    say("the world size changed since the checkpoint: the data position is kept as a share of "
+                        "the epoch; random states start afresh")
+                except (ValueError, KeyError) as err:
+                    say(f"the world size changed and the data position cannot be kept ({err}): the data order "
+                        "restarts")
             say(f"resuming {run} at step {start} (from {latest.name})")
     metrics = MetricsLog(run, resume_step=start) if d.is_main else None
     loss_cfg = loss_config(source.cfg, cfg.loss)
