@@ -31,7 +31,8 @@ FAST = Options(pace=False, window=4, timeout=10.0, drain_timeout=5.0, tail_secon
 
 
 class FakeMoshi:
-    """A stand-in server (see the module docstring). `mode`: echo, full, close (hangs up after 3 frames), garbage
+    """A stand-in server (see the module docstring). `mode`: echo, versioned (a handshake with version and model
+    bytes), full, close (hangs up after 3 frames), garbage
     (a non-Ogg audio message after 2 frames), silent (handshake, then nothing)."""
 
     def __init__(self, token: str | None = None, mode: str = "echo") -> None:
@@ -53,7 +54,8 @@ class FakeMoshi:
             await ws.send_bytes(protocol.error("server full (2 of 2 sessions in use)"))
             await ws.close()
             return ws
-        await ws.send_bytes(protocol.handshake())
+        # Kyutai's Python server (and ours) sends the kind byte alone; their client encoder adds version and model
+        await ws.send_bytes(b"\x00\x00\x00" if self.mode == "versioned" else protocol.handshake())
         dec, enc = OpusDecoder(), OpusEncoder()
         buf, t = np.zeros(0, np.float32), 0
         async for msg in ws:
@@ -190,6 +192,12 @@ def test_real_time_pacing_never_sends_early(fake):
     assert rec.frames_sent == 5 and rec.frames_received == 5
     assert (sent >= np.arange(5) * 0.08 - 1e-3).all(), sent  # frame t leaves no earlier than t * 80 ms
     assert (np.diff(sent) > 0).all()
+
+
+def test_handshake_with_version_bytes_is_accepted(fake):
+    fake.mode = "versioned"
+    rec = run_file(fake.url, speech(0.3), FAST)
+    assert rec.frames_received == rec.frames_sent == 4 + 2
 
 
 def test_server_full_is_a_server_error_with_its_reason(fake):
