@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     io.add_argument("--duration", type=common.positive_float, default=None, metavar="SECONDS",
                     help="microphone mode: stop after this long (default: until Ctrl-C)")
+    add_sampling_arguments(parser)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """--seed, --greedy, --temp, --temp-text, --top-k, --top-k-text (shared with `openmoshi serve`)."""
     s = parser.add_argument_group("sampling (defaults: the model's lm_gen_config, else Kyutai's)")
     s.add_argument("--seed", type=common.seed, default=None, help="seed of the sampling, 0..2**64-1 (default: random)")
     s.add_argument("--greedy", action="store_true", help="argmax everywhere (deterministic)")

@@ -1,0 +1,415 @@
+"""The batcher: one model instance, one `DuplexSession` of `max_sessions` rows, one step for every active
+conversation each frame (80 ms), on a worker thread so that the event loop keeps moving websockets.
+
+A `Conversation` is one row. The event loop side (`open`, `push_audio`, `close`) only touches queues under the
+engine's lock; the worker thread alone touches the model: it applies joins and leaves between steps, takes one
+frame from each active conversation's inbox (silence when none arrived: Moshi keeps talking, and the gap is
+counted), steps the batch, and hands each conversation its frame of Moshi's audio and its text token back on the
+event loop (`Conversation.outbox`). Opus is not done here: the connection decodes before `push_audio` and encodes
+what it takes from the outbox, in a thread pool, so codecs never stall the step.
+
+Bounds (EngineConfig): a conversation holds at most `max_input_backlog` frames of user audio (older ones are
+dropped: a conversation that fell behind catches up instead of lagging forever) and `max_output_frames` frames of
+Moshi's audio for its client (older ones are dropped: a client that does not read cannot grow the server's
+memory). Drops and silence fills are counted per conversation and logged, so degradation is visible.
+
+Steps are paced on a clock (`step_period`; the model's frame by default): when a step takes longer than the
+period the schedule slips instead of bursting to catch up, and the slip is logged once per episode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .config import EngineConfig
+from .protocol import SessionParams
+
+log = logging.getLogger("openmoshi.server")
+
+
+class ServerFull(RuntimeError):
+    """Every row is taken."""
+
+
+@dataclass
+class Conversation:
+    """One conversation (one row). Counters are read by the connection's log line and /api/status."""
+
+    id: int
+    row: int
+    peer: str
+    text_sampling: object
+    audio_sampling: object
+    seed: int
+    audio_seed: int | None
+    inbox: collections.deque = field(default_factory=collections.deque)  # user frames [frame_size], engine lock
+    outbox: collections.deque = field(default_factory=collections.deque)  # (pcm [frame_size], [tokens]), loop only
+    opened: float = field(default_factory=time.monotonic)
+    ready: asyncio.Future | None = None  # set on the loop once the row has joined
+    wake: asyncio.Event | None = None  # set on the loop when the outbox grows or the conversation ends
+    end_reason: str | None = None  # set when the engine ends it (server error, shutdown)
+    steps: int = 0
+    frames_in: int = 0
+    dropped_in: int = 0
+    silence_fills: int = 0
+    dropped_out: int = 0
+    _pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    _closing: bool = False  # close() was called (or the engine ended it)
+    _released: bool = False  # its row is back in the free list
+
+    def summary(self) -> str:
+        return (f"{self.steps} steps, {self.frames_in} frames in, {self.silence_fills} filled with silence, "
+                f"{self.dropped_in} input frames dropped, {self.dropped_out} output frames dropped")
+
+
+def percentiles(values, qs=(50, 90, 99)) -> dict[str, float | None]:
+    """{"p50": ms, ...} of a sequence of seconds (None when empty)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    return {f"p{q}": (round(float(np.percentile(arr, q)) * 1000, 3) if arr.size else None) for q in qs}
+
+
+class Engine:
+    """Serves up to `config.max_sessions` conversations over one Mimi + LM pair (see the module docstring).
+
+    `start(loop)` starts the worker thread (it delivers outputs on `loop`); `stop()` ends every conversation and
+    joins the thread. `clock` and `sleep` are injectable for tests.
+    """
+
+    def __init__(self, mimi, lm, tokenizer, config: EngineConfig, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        from ..inference.sampling import SamplingConfig
+
+        self.mimi, self.lm, self.tokenizer, self.config = mimi, lm, tokenizer, config
+        self.frame_size = mimi.frame_size
+        self.sample_rate = mimi.sample_rate
+        self.frame_seconds = self.frame_size / self.sample_rate
+        self.period = self.frame_seconds if config.step_period is None else config.step_period
+        self.clock = clock
+        self.text_sampling = config.text_sampling or SamplingConfig.text_default()
+        self.audio_sampling = config.audio_sampling or SamplingConfig.audio_default()
+        self._cond = threading.Condition()
+        self._free = list(range(config.max_sessions))  # rows no conversation holds (lock)
+        self._joining: list[Conversation] = []  # opened, not joined yet (lock)
+        self._leaving: list[Conversation] = []  # closed, row not left yet (lock)
+        self._active: dict[int, Conversation] = {}  # row -> conversation (worker thread; copies under lock)
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.step_times: collections.deque[float] = collections.deque(maxlen=config.step_history)
+        self.steps = 0
+        self.opened = 0
+        self.closed = 0
+        self.late_steps = 0  # steps that started more than a period after their slot
+        self.session = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        from ..inference.session import DuplexSession
+
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._loop = loop
+        self.session = DuplexSession(self.mimi, self.lm, self.config.max_sessions, text_sampling=self.text_sampling,
+                                     audio_sampling=self.audio_sampling, start_all=False)
+        self._thread = threading.Thread(target=self._run, name="openmoshi-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the worker (after its current step) and release the models' streaming state."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- event-loop side ------------------------------------------------------------------------------------
+    def open(self, peer: str, params: SessionParams) -> Conversation:
+        """Reserve a row for a new conversation (ServerFull when none is free); it joins before the next step and
+        then `conversation.ready` is set. Call on the event loop."""
+        text = _sampling(self.text_sampling, params.text_temperature, params.text_topk)
+        audio = _sampling(self.audio_sampling, params.audio_temperature, params.audio_topk)
+        with self._cond:
+            if self._stopping:
+                raise ServerFull("the server is shutting down")
+            row = self._take_row()
+            cid = next(self._ids)
+            seed = params.text_seed
+            if seed is None:
+                seed = secrets.randbits(63) if self.config.seed is None else (self.config.seed + cid) % (1 << 64)
+            conv = Conversation(cid, row, peer, text, audio, seed, params.audio_seed)
+            loop = asyncio.get_running_loop()
+            conv.ready, conv.wake = loop.create_future(), asyncio.Event()
+            self._joining.append(conv)
+            self.opened += 1
+            self._cond.notify_all()
+        return conv
+
+    def _take_row(self) -> int:
+        """A free row, else the row of a conversation that closed but was not left yet (the worker applies leaves
+        before joins, so the new conversation starts clean). Under the lock."""
+        if self._free:
+            return self._free.pop(0)
+        for conv in self._leaving:
+            if not conv._released:
+                conv._released = True  # its row goes to the new conversation instead of the free list
+                self.closed += 1
+                return conv.row
+        raise ServerFull(f"server full: all {self.config.max_sessions} conversations are taken")
+
+    def wait_settled(self, timeout: float = 10.0) -> bool:
+        """Block until no join or leave is pending (tests: after a client closed, before reading counters)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._joining or self._leaving) and self.running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return not (self._joining or self._leaving)
+
+    def push_audio(self, conv: Conversation, pcm: np.ndarray) -> None:
+        """Add the user's samples [N] (any length); whole frames go to the inbox, the oldest dropped past the
+        bound."""
+        if pcm.size == 0:
+            return
+        buf = np.concatenate([conv._pending, pcm]) if conv._pending.size else pcm
+        n = buf.size // self.frame_size
+        frames = [buf[i * self.frame_size:(i + 1) * self.frame_size] for i in range(n)]
+        conv._pending = buf[n * self.frame_size:].copy()
+        if not frames:
+            return
+        with self._cond:
+            conv.inbox.extend(frames)
+            conv.frames_in += len(frames)
+            over = len(conv.inbox) - self.config.max_input_backlog
+            if over > 0:
+                for _ in range(over):
+                    conv.inbox.popleft()
+                if conv.dropped_in == 0 or (conv.dropped_in // 50) != ((conv.dropped_in + over) // 50):
+                    log.warning("conversation %d (%s) is behind: dropped %d stale input frames (%d so far)",
+                                conv.id, conv.peer, over, conv.dropped_in + over)
+                conv.dropped_in += over
+            self._cond.notify_all()
+
+    def close(self, conv: Conversation) -> None:
+        """End a conversation (idempotent); its row is freed by the worker before the next step."""
+        with self._cond:
+            if conv._closing:
+                return
+            conv._closing = True
+            conv.inbox.clear()
+            if conv in self._joining:
+                self._joining.remove(conv)
+                self._release(conv)
+            else:
+                self._leaving.append(conv)
+            self._cond.notify_all()
+
+    def _release(self, conv: Conversation) -> None:
+        """Give the conversation's row back (once). Under the lock."""
+        if not conv._released:
+            conv._released = True
+            self._free.append(conv.row)
+            self._free.sort()
+            self.closed += 1
+
+    def stats(self) -> dict:
+        """Counters for /api/status and tests."""
+        with self._cond:
+            free = len(self._free)
+            joining, leaving = len(self._joining), len(self._leaving)
+            times = list(self.step_times)
+        return {
+            "sessions_max": self.config.max_sessions, "sessions_in_use": self.config.max_sessions - free,
+            "sessions_free": free, "joining": joining, "leaving": leaving,
+            "conversations_opened": self.opened, "conversations_closed": self.closed,
+            "steps": self.steps, "late_steps": self.late_steps,
+            "step_period_ms": round(self.period * 1000, 3), "frame_ms": round(self.frame_seconds * 1000, 3),
+            "step_time_ms": percentiles(times),
+        }
+
+    # ---- worker thread ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_tick = self.clock()
+        behind = False
+        while True:
+            with self._cond:
+                while not self._stopping and not (self._active or self._joining or self._leaving):
+                    self._cond.wait()
+                    next_tick = self.clock()
+                if self._stopping:
+                    break
+                joining, self._joining = self._joining, []
+                leaving, self._leaving = self._leaving, []
+            self._apply(joining, leaving)
+            with self._cond:
+                self._cond.notify_all()  # wait_settled
+            if not self._active:
+                continue
+            # pace: wait for this step's slot (a join or a stop wakes the wait, not a step)
+            with self._cond:
+                while not self._stopping and (delay := next_tick - self.clock()) > 0:
+                    self._cond.wait(delay)
+                if self._stopping:
+                    break
+                if self.config.wait_for_input > 0:
+                    deadline = self.clock() + self.config.wait_for_input
+                    while (not self._stopping and not self._leaving and not self._joining
+                           and any(not c.inbox for c in self._active.values())
+                           and (left := deadline - self.clock()) > 0):
+                        self._cond.wait(left)
+                if self._joining or self._leaving:
+                    continue  # apply them first: a closed conversation is not stepped again, a new one starts now
+                frames = {row: (c.inbox.popleft() if c.inbox else None) for row, c in self._active.items()}
+            late = self.clock() - next_tick
+            if late > self.period and self.period > 0:
+                self.late_steps += 1
+                if not behind:
+                    log.warning("the server is behind real time: a step started %.0f ms late (%d conversations)",
+                                late * 1000, len(self._active))
+                behind = True
+                next_tick = self.clock()
+            elif behind and late <= 0:
+                behind = False
+                log.info("the server is back to real time")
+            next_tick += self.period
+            try:
+                self._step(frames)
+            except Exception as err:  # a server bug or device failure, not a client's input: end every conversation
+                log.exception("model step failed; ending the %d active conversations", len(self._active))
+                self._fail_all(f"server error: {type(err).__name__}: {err}")
+        self._fail_all("the server is shutting down")
+        with self._cond:
+            pending, self._joining = self._joining + self._leaving, []
+            self._leaving = []
+            for conv in pending:
+                conv.end_reason = conv.end_reason or "the server is shutting down"
+                conv._closing = True
+                self._release(conv)
+                self._post(_wake, conv)
+
+    def _apply(self, joining: list[Conversation], leaving: list[Conversation]) -> None:
+        for conv in leaving:
+            if self._active.get(conv.row) is conv:
+                self.session.leave(conv.row)
+                del self._active[conv.row]
+            with self._cond:
+                self._release(conv)
+        for conv in joining:
+            try:
+                self.session.join(conv.row, text_sampling=conv.text_sampling, audio_sampling=conv.audio_sampling,
+                                  seed=conv.seed, audio_seed=conv.audio_seed)
+            except Exception as err:
+                log.exception("could not start conversation %d", conv.id)
+                conv.end_reason = f"server error: {type(err).__name__}: {err}"
+                with self._cond:
+                    conv._closing = True
+                    self._release(conv)
+                self._post(_wake, conv)
+                continue
+            self._active[conv.row] = conv
+            self._post(_joined, conv)
+
+    def _step(self, frames: dict[int, np.ndarray | None]) -> None:
+        import torch
+
+        B, fs = self.config.max_sessions, self.frame_size
+        pcm = np.zeros((B, 1, fs), dtype=np.float32)
+        for row, frame in frames.items():
+            if frame is not None:
+                pcm[row, 0] = frame
+        start = time.perf_counter()
+        out = self.session.step(torch.from_numpy(pcm).to(self.session.device))
+        out_pcm = out.pcm[:, 0].float().cpu().numpy()
+        text = out.text.cpu().tolist()
+        # the text of a conversation's first generator step (run by its join) comes with its first frame
+        prime = out.prime.text.cpu().tolist() if out.prime is not None else None
+        elapsed = time.perf_counter() - start
+        with self._cond:
+            self.step_times.append(elapsed)
+        self.steps += 1
+        deliveries = []
+        for row, conv in self._active.items():
+            tokens = [int(text[row])]
+            if conv.steps == 0 and prime is not None:
+                tokens.insert(0, int(prime[row]))
+            conv.steps += 1
+            if frames.get(row) is None:
+                conv.silence_fills += 1
+            deliveries.append((conv, out_pcm[row].copy(), tokens))
+        self._post(_deliver, deliveries, self.config.max_output_frames)
+
+    def _fail_all(self, reason: str) -> None:
+        for row, conv in list(self._active.items()):
+            conv.end_reason = reason
+            try:
+                self.session.leave(row)
+            except Exception:  # the session itself may be what failed
+                pass
+            del self._active[row]
+            with self._cond:
+                conv._closing = True
+                self._release(conv)
+            self._post(_wake, conv)
+
+    def _post(self, fn, *args) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+
+# ---- callbacks run on the event loop ------------------------------------------------------------------------
+def _joined(conv: Conversation) -> None:
+    if conv.ready is not None and not conv.ready.done():
+        conv.ready.set_result(True)
+    _wake(conv)
+
+
+def _wake(conv: Conversation) -> None:
+    if conv.ready is not None and not conv.ready.done() and conv.end_reason is not None:
+        conv.ready.set_result(False)
+    if conv.wake is not None:
+        conv.wake.set()
+
+
+def _deliver(deliveries: list, max_frames: int) -> None:
+    for conv, pcm, tokens in deliveries:
+        if conv._closing:
+            continue
+        conv.outbox.append((pcm, tokens))
+        while len(conv.outbox) > max_frames:
+            conv.outbox.popleft()
+            conv.dropped_out += 1
+        _wake(conv)
+
+
+def _sampling(default, temperature: float | None, top_k: int | None):
+    """The server's default with the query's overrides (a given temperature turns `greedy` off)."""
+    changes: dict = {}
+    if temperature is not None:
+        changes.update(temperature=temperature, greedy=False)
+    if top_k is not None:
+        changes["top_k"] = top_k
+    return replace(default, **changes) if changes else default

@@ -1,0 +1,104 @@
+"""Helpers for the server tests (and the client/web tests beside them): a tiny model with 80 ms frames, a
+server on a real localhost port, and a small websocket client speaking the protocol.
+
+The tiny model is moshi-free: our own LM (`LMModel.init_weights`) and Mimi (`randomize_model`) at tiny widths,
+but Mimi with Kyutai's SEANet ratios (8, 6, 5, 4), so one frame is 1920 samples at 24 kHz, as in the released
+model: one Opus page of the wire protocol is one model step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from openmoshi.server import protocol
+from openmoshi.server.opus import OpusDecoder, OpusEncoder
+
+FAST_MIMI = {"preset": "tiny", "seanet": {"ratios": [8, 6, 5, 4]}}  # 1920-sample frames, tiny widths
+
+
+def build_server_repo(folder: Path, seed: int = 0) -> Path:
+    """A tiny model folder (Kyutai's layout, loadable by resolve_model_files + load_models) with 80 ms frames."""
+    from openmoshi.codec.mimi import Mimi
+    from openmoshi.codec.presets import mimi_config_from_overrides
+    from openmoshi.lm.model import LMModel
+    from openmoshi.testing.kyutai import tiny_lm_config, write_kyutai_repo
+    from openmoshi.testing.mimi_init import randomize_model
+
+    cfg = tiny_lm_config()
+    torch.manual_seed(seed)
+    lm = LMModel(cfg)
+    lm.init_weights()
+    mimi = randomize_model(Mimi(mimi_config_from_overrides(FAST_MIMI)), seed)
+    return write_kyutai_repo(Path(folder), cfg, lm.state_dict(), mimi.state_dict(), mimi_overrides=FAST_MIMI)
+
+
+def load_server_models(folder: Path):
+    from openmoshi.inference.models import load_models, resolve_model_files
+
+    return load_models(resolve_model_files(str(folder)), "cpu")
+
+
+def user_audio(frames: int, seed: int = 0, frame_size: int = 1920) -> np.ndarray:
+    """A float32 [frames * frame_size] signal: a tone with noise (varied codes)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames * frame_size) / 24_000
+    return (0.2 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+class Result:
+    """What a client got: messages in order (kind, payload), decoded audio, text, the error (if any)."""
+
+    def __init__(self) -> None:
+        self.kinds: list[protocol.Kind] = []
+        self.text: list[str] = []
+        self.pcm: list[np.ndarray] = []
+        self.error: str | None = None
+        self.metadata: dict | None = None
+        self.close_code: int | None = None
+
+    @property
+    def samples(self) -> int:
+        return sum(p.size for p in self.pcm)
+
+
+async def talk(session, url: str, pcm: np.ndarray | None, expect_samples: int | None = None, timeout: float = 60.0,
+               chunk: int = 1920) -> Result:
+    """Connect, wait for the handshake, send `pcm` as Opus (all at once), read until `expect_samples` samples of
+    Moshi's audio came back (or the server closed), then close. Returns what was received."""
+    res = Result()
+    decoder = OpusDecoder()
+    async with session.ws_connect(url, max_msg_size=0) as ws:
+
+        async def receive_until(done) -> None:
+            while not done():
+                msg = await ws.receive()
+                if msg.type != 2:  # aiohttp.WSMsgType.BINARY
+                    res.close_code = ws.close_code
+                    return
+                m = protocol.decode(msg.data)
+                res.kinds.append(m.kind)
+                if m.kind is protocol.Kind.AUDIO:
+                    res.pcm.append(decoder.decode(m.data))
+                elif m.kind is protocol.Kind.TEXT:
+                    res.text.append(m.data)
+                elif m.kind is protocol.Kind.ERROR:
+                    res.error = m.data
+                elif m.kind is protocol.Kind.METADATA:
+                    res.metadata = m.data
+
+        await asyncio.wait_for(receive_until(lambda: bool(res.kinds) or res.close_code is not None), timeout)
+        if res.kinds[:1] != [protocol.Kind.HANDSHAKE] or pcm is None:
+            return res
+        enc = OpusEncoder()
+        for i in range(0, pcm.size, chunk):
+            data = enc.encode(pcm[i:i + chunk])
+            if data:
+                await ws.send_bytes(protocol.audio(data))
+        if expect_samples:
+            await asyncio.wait_for(receive_until(lambda: res.samples >= expect_samples or res.error is not None),
+                                   timeout)
+    return res
