@@ -1,0 +1,159 @@
+"""End to end: `openmoshi serve` (a separate process, a tiny model with 80 ms frames) and `openmoshi client`.
+
+The server runs as a user runs it (its command, its default real-time pacing); the client sends a recording and
+writes the conversation. Audio and text come back; the client's per-frame timing is recorded and reported (the
+test prints it; speed is never asserted). `Replica` starts and stops one server process; test_nginx.py uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from openmoshi import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+class Replica:
+    """`openmoshi serve --model REPO` on a free port, in its own process (stopped with SIGINT, as Ctrl-C)."""
+
+    def __init__(self, repo: Path, log: Path, max_sessions: int = 2, extra: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.log_path = log
+        cmd = [sys.executable, "-m", "openmoshi.cli", "serve", "--model", str(repo), "--port", str(self.port),
+               "--max-sessions", str(max_sessions), "--threads", "1", "--device", "cpu", *extra]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_TORCH_COMPILE": "1"}
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/chat"
+
+    def wait_ready(self, timeout: float = 180.0) -> Replica:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if http_get(self.url + "/api/health", 2.0)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"serve not healthy after {timeout} s:\n{self.log()}")
+
+    def status(self) -> dict:
+        code, body = http_get(self.url + "/api/status")
+        assert code == 200, body
+        return json.loads(body)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def user_recording(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 24000)) / 24000
+    return (0.2 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+TOKEN = "sesame"
+
+
+@pytest.fixture(scope="module")
+def replica(server_repo, tmp_path_factory):
+    """One `openmoshi serve --token` for this module's tests (a process start costs seconds)."""
+    server = Replica(server_repo, tmp_path_factory.mktemp("serve") / "serve.log", extra=("--token", TOKEN))
+    try:
+        yield server.wait_ready()
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()  # Ctrl-C: a clean exit
+    assert "Traceback" not in server.log()
+
+
+def test_serve_and_client_end_to_end(replica, tmp_path, capsys):
+    opened = replica.status()["conversations_opened"]
+    wav = tmp_path / "me.wav"
+    sf.write(wav, user_recording(2.0), 24000)
+    out = tmp_path / "conv.wav"
+    rc = cli.main(["client", "--url", replica.ws_url, "--token", TOKEN, "-i", str(wav), "-o", str(out), "--seed",
+                   "3", "--text-temperature", "1.0", "--timing", str(tmp_path / "timing.json")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err + replica.log()
+    status = replica.status()
+    data, rate = sf.read(out, dtype="float32")
+    frames = 25 + 12  # 2 s, then the default 1 s of tail
+    assert rate == 24000 and data.shape == (frames * 1920, 2)
+    assert np.abs(data[:, 0]).max() > 1e-3, "Moshi's channel is silent"
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["frames_sent"] == frames and timing["frames_received"] >= frames - 2
+    assert len(timing["received_at"]) == timing["frames_received"]
+    words = json.loads(out.with_suffix(".json").read_text())
+    assert words["alignments"] and words["text"], "no text came back"
+    assert words["text"].split()[0] in captured.out  # printed as it came
+    assert status["conversations_opened"] == opened + 1 and status["sessions_in_use"] == 0  # its slot was freed
+    assert "closed after" in replica.log()
+    lat = timing["latency_ms"]
+    with capsys.disabled():  # reported, not asserted: the machine may be busy
+        print(f"\n[e2e] {timing['frames_received']} frames; client round trip per frame: median {lat['median']} "
+              f"ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms; server step p50/p99 "
+              f"{status['step_time_ms']['p50']}/{status['step_time_ms']['p99']} ms")
+
+
+def test_client_token_against_serve(replica, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENMOSHI_TOKEN", raising=False)
+    wav = tmp_path / "me.wav"
+    sf.write(wav, user_recording(0.3), 24000)
+    argv = ["client", "--url", replica.ws_url, "-i", str(wav), "-o", str(tmp_path / "o.wav"), "--tail", "0"]
+    for token, rc, words in ((None, 1, "unauthorized"), ("wrong", 1, "unauthorized"), (TOKEN, 0, "")):
+        got = cli.main(argv + (["--token", token] if token else []))
+        err = capsys.readouterr().err
+        assert got == rc and words in err, (token, err)
+    monkeypatch.setenv("OPENMOSHI_TOKEN", TOKEN)  # the same variable as the server's
+    assert cli.main(argv) == 0
