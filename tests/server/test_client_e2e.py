@@ -51,6 +51,7 @@ class Replica:
                "--max-sessions", str(max_sessions), "--threads", "1", "--device", "cpu", *extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_TORCH_COMPILE": "1"}
         self._log = open(log, "wb")
+        self._interrupted = False
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     @property
@@ -84,9 +85,15 @@ class Replica:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def interrupt(self) -> None:
+        """Ctrl-C, once (a second one would interrupt the shutdown itself)."""
+        if self.proc.poll() is None and not self._interrupted:
+            self.proc.send_signal(signal.SIGINT)
+            self._interrupted = True
+
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.interrupt()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

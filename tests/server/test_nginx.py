@@ -120,8 +120,7 @@ def test_two_replicas_behind_nginx(server_repo, tmp_path):
         if proxy is not None:
             proxy.stop()
         for r in replicas:  # both at once: a stop takes seconds
-            if r.proc.poll() is None:
-                r.proc.send_signal(signal.SIGINT)
+            r.interrupt()
         codes = [r.stop() for r in replicas]
     logs = [r.log() for r in replicas]
     for rec in recs:
