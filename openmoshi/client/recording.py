@@ -10,7 +10,8 @@ frames received so far), so a word's start is within a frame of the audio it goe
 
 Timing. `sent_at[t]`: when the client sent the user's frame t; `received_at[t]`: when the client had decoded all of
 Moshi's frame t (seconds from the start). `latencies()` is their difference: the round trip of one frame through
-the network, the server's queue, the model step and both Opus codecs.
+the network, the server's queue, the model step and both Opus codecs. A server steps on its own clock, so frame t
+is its t-th step: exact when the user's frames reach it in time, one frame off after a step it fed silence.
 """
 
 from __future__ import annotations

@@ -39,6 +39,12 @@ def documented_config() -> str:
     return match.group(1)
 
 
+def documented_status_fields() -> set[str]:
+    """The /api/status keys docs/deploy.md lists (its endpoint table)."""
+    line = next(row for row in DOC.read_text().splitlines() if row.startswith("| `GET /api/status`"))
+    return set(re.findall(r"`(\w+)`", line.split("|")[2])) - {"p50", "p90", "p99"}
+
+
 def nginx_conf(folder: Path, port: int, replicas: list[int]) -> Path:
     """nginx.conf for a foreground nginx whose every file is under `folder`, around the documented block."""
     block = documented_config()
@@ -130,5 +136,6 @@ def test_two_replicas_behind_nginx(server_repo, tmp_path):
     assert [s["conversations_opened"] for s in statuses] == [1, 1], statuses
     assert all(s["sessions_in_use"] == 0 for s in statuses), statuses  # both ended and freed their slots
     assert code == 200 and '"sessions_max"' in body  # the monitoring endpoint passes through too
+    assert documented_status_fields() == set(statuses[0]), "docs/deploy.md lists other /api/status fields"
     assert codes == [0, 0], logs
     assert all("via 127.0.0.1" in log for log in logs), logs  # X-Forwarded-For reached the replicas' logs
