@@ -88,15 +88,22 @@ class Connection:
         self.close_reason: str | None = None  # why the server closed, when it did without the error kind
 
     @classmethod
-    async def open(cls, url: str, *, token: str | None = None, timeout: float = 30.0,
-                   insecure: bool = False) -> Connection:
-        """Connect to `url` (from `chat_url`) and wait up to `timeout` seconds for the handshake."""
+    async def open(cls, url: str, *, token: str | None = None, timeout: float = 30.0, insecure: bool = False,
+                   ca_cert: str | None = None) -> Connection:
+        """Connect to `url` (from `chat_url`) and wait up to `timeout` seconds for the handshake. wss://: the
+        server's certificate must be trusted by the system, or be signed by `ca_cert` (a PEM file: e.g. the
+        certificate of `serve --ssl-self-signed` itself); `insecure` accepts any."""
         import aiohttp
 
         shown = display_url(url)
         ssl_arg: ssl.SSLContext | bool = True
         if insecure and url.startswith("wss:"):
             ssl_arg = False  # a self-signed certificate (serve --ssl-self-signed): encrypted, not authenticated
+        elif ca_cert is not None:
+            try:
+                ssl_arg = ssl.create_default_context(cafile=ca_cert)
+            except (OSError, ssl.SSLError) as err:
+                raise ClientError(f"--ca-cert {ca_cert}: not a readable PEM certificate ({err})") from None
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
         session = aiohttp.ClientSession()
         try:
@@ -109,7 +116,8 @@ class Connection:
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
             await session.close()
             if isinstance(err, aiohttp.ClientConnectorCertificateError):
-                why = f"its certificate is not trusted ({err.certificate_error}); --insecure accepts it"
+                why = (f"its certificate is not trusted ({err.certificate_error}); --ca-cert FILE trusts it, "
+                       "--insecure accepts any")
             else:
                 why = str(err) or type(err).__name__
             raise ClientError(f"cannot connect to {shown}: {why}") from None

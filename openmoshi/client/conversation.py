@@ -65,8 +65,7 @@ async def converse(conn: Connection, frames: AsyncIterator[np.ndarray], rec: Rec
             except OpusError as err:
                 raise ClientError(f"cannot encode the audio: {err}") from None
             await conn.send_audio(chunk)
-            rec.sent_at.append(time.perf_counter() - start)
-            rec.user.append(np.asarray(frame, dtype=np.float32))
+            rec.add_user(np.asarray(frame, dtype=np.float32), time.perf_counter() - start)
 
     async def receiver() -> None:
         try:

@@ -67,6 +67,7 @@ class Recording:
     sent_at: list[float] = field(default_factory=list)
     received_at: list[float] = field(default_factory=list)
     late_frames: int = 0  # frames the pacing sent later than their time (a busy client machine)
+    keep_audio: bool = True  # False: count samples only (a long microphone conversation with nothing to write)
 
     @property
     def frame_seconds(self) -> float:
@@ -76,7 +77,8 @@ class Recording:
         """Append decoded samples; stamp every frame they complete with `now`."""
         if pcm.size == 0:
             return
-        self.moshi.append(pcm)
+        if self.keep_audio:
+            self.moshi.append(pcm)
         self.moshi_samples += pcm.size
         while len(self.received_at) < self.moshi_samples // self.frame_size:
             self.received_at.append(now)
@@ -88,6 +90,11 @@ class Recording:
     @property
     def frames_sent(self) -> int:
         return len(self.sent_at)
+
+    def add_user(self, frame: np.ndarray, sent: float) -> None:
+        self.sent_at.append(sent)
+        if self.keep_audio:
+            self.user.append(frame)
 
     def stereo(self) -> np.ndarray:
         """[T, 2] float32, T = the samples the user sent: left Moshi (zero-padded or cut to T), right the user."""

@@ -24,6 +24,7 @@ class Options:
 
     token: str | None = None
     insecure: bool = False
+    ca_cert: str | None = None  # a PEM file of the certificate (or its CA) a wss:// server must present
     timeout: float = 30.0  # seconds: connecting, the handshake, and any silence of the server mid-conversation
     drain_timeout: float = 5.0  # seconds without a new frame, after the last one sent, before giving up on it
     pace: bool = True
@@ -38,7 +39,8 @@ async def talk_file(url: str, pcm: np.ndarray, options: Options = Options(),
     stop = stop or asyncio.Event()
     remove = install_stop(stop)
     try:
-        conn = await Connection.open(url, token=options.token, timeout=options.timeout, insecure=options.insecure)
+        conn = await Connection.open(url, token=options.token, timeout=options.timeout, insecure=options.insecure,
+                                     ca_cert=options.ca_cert)
         try:
             tail = int(round(options.tail_seconds / rec.frame_seconds))
             frames = file_frames(np.asarray(pcm, dtype=np.float32), rec.frame_size, tail, stop)
@@ -52,15 +54,18 @@ async def talk_file(url: str, pcm: np.ndarray, options: Options = Options(),
 
 
 async def talk_live(url: str, options: Options = Options(), duration: float | None = None,
-                    on_text: Callable[[str], None] | None = None, max_buffer: float = 0.5) -> Recording:
-    """A conversation through the microphone and speaker until Ctrl-C (or `duration` seconds)."""
+                    on_text: Callable[[str], None] | None = None, max_buffer: float = 0.5,
+                    keep_audio: bool = True) -> Recording:
+    """A conversation through the microphone and speaker until Ctrl-C (or `duration` seconds). `keep_audio=False`
+    keeps no audio in memory (nothing to write: memory stays flat however long the conversation)."""
     from .live import Microphone, SpeakerBuffer
 
-    rec = Recording()
+    rec = Recording(keep_audio=keep_audio)
     stop = asyncio.Event()
     remove = install_stop(stop)
     try:
-        conn = await Connection.open(url, token=options.token, timeout=options.timeout, insecure=options.insecure)
+        conn = await Connection.open(url, token=options.token, timeout=options.timeout, insecure=options.insecure,
+                                     ca_cert=options.ca_cert)
         try:
             speaker = SpeakerBuffer(int(max_buffer * SAMPLE_RATE))
             mic = Microphone(SAMPLE_RATE, FRAME_SIZE, speaker)

@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--token", default=None,
                      help=f"the server's access token (default: ${TOKEN_ENV} when set)")
     net.add_argument("--insecure", action="store_true",
-                     help="wss:// to a server with a self-signed certificate (serve --ssl-self-signed)")
+                     help="wss://: accept any certificate (encrypted, not authenticated)")
+    net.add_argument("--ca-cert", default=None, metavar="PEM",
+                     help="wss://: trust this certificate (e.g. the one `serve --ssl-self-signed` logged)")
     net.add_argument("--timeout", type=common.positive_float, default=30.0, metavar="SECONDS",
                      help="give up after this long without the handshake or any message (default 30)")
     io = parser.add_argument_group("input and output")
@@ -103,6 +105,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--fast needs --input (the microphone runs in real time)"
     if args.seed is not None and (args.text_seed is not None or args.audio_seed is not None):
         return "--seed sets both seeds: give it alone, or --text-seed/--audio-seed"
+    if args.ca_cert is not None and args.insecure:
+        return "--ca-cert and --insecure contradict each other: give one"
     names = [name for name, _ in args.param]
     if len(set(names)) != len(names):
         return "--param: a name is given twice"
@@ -156,12 +160,13 @@ def main(args: argparse.Namespace) -> int:
 
         if (why := unavailable()) is not None:
             return error(why, 2)
-    options = Options(token=_token(args), insecure=args.insecure, timeout=args.timeout, pace=not args.fast,
-                      window=args.window if args.fast else None, tail_seconds=args.tail)
+    options = Options(token=_token(args), insecure=args.insecure, ca_cert=args.ca_cert, timeout=args.timeout,
+                      pace=not args.fast, window=args.window if args.fast else None, tail_seconds=args.tail)
     print(f"connecting to {display_url(url)}", file=sys.stderr)
     try:
         if user is None:
-            rec = asyncio.run(talk_live(url, options, args.duration, on_text=_print_piece))
+            rec = asyncio.run(talk_live(url, options, args.duration, on_text=_print_piece,
+                                        keep_audio=args.output is not None))
         else:
             rec = asyncio.run(talk_file(url, user, options, on_text=_print_piece))
     except ClientError as err:

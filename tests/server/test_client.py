@@ -310,6 +310,7 @@ def test_command_prints_the_servers_reason(fake, tmp_path, capsys):
     (["--url", "ftp://x", "-i", "in.wav", "-o", "o.wav"], 2, "must start with ws://"),
     (["--param", "pad_mult=1", "--param", "pad_mult=2", "-i", "in.wav", "-o", "o.wav"], 2, "given twice"),
     (["--param", "text_seed=x", "-i", "in.wav", "-o", "o.wav"], 2, "text_seed must be an integer"),
+    (["--insecure", "--ca-cert", "c.pem", "-i", "in.wav", "-o", "o.wav"], 2, "contradict"),
     (["-i", "missing.wav", "-o", "o.wav"], 1, "not found"),
     (["-i", "in.wav", "-o", "in.wav"], 1, "--input"),
     (["-i", "in.wav", "-o", "o.mp3"], 1, ".wav"),

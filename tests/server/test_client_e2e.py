@@ -164,3 +164,29 @@ def test_client_token_against_serve(replica, tmp_path, capsys, monkeypatch):
         assert got == rc and words in err, (token, err)
     monkeypatch.setenv("OPENMOSHI_TOKEN", TOKEN)  # the same variable as the server's
     assert cli.main(argv) == 0
+
+
+def test_client_over_tls_to_a_self_signed_server(server_models, tmp_path, capsys):
+    """serve --ssl-self-signed's certificate: refused by default (the reason names the way out), accepted with
+    --ca-cert (authenticated) or --insecure (encrypted only)."""
+    from openmoshi.server.config import EngineConfig, ServerConfig
+    from openmoshi.server.runner import BackgroundServer
+    from openmoshi.server.tls import self_signed, ssl_context
+
+    cert, key, _ = self_signed("127.0.0.1", folder=tmp_path / "tls")
+    config = ServerConfig(port=0, model_name="tiny-test", engine=EngineConfig(max_sessions=1, step_period=0.0))
+    wav = tmp_path / "me.wav"
+    sf.write(wav, user_recording(0.3), 24000)
+    with BackgroundServer(server_models.mimi, server_models.lm, server_models.tokenizer, config,
+                          ssl_context=ssl_context(cert, key)) as server:
+        assert server.ws_url.startswith("wss://")
+        argv = ["client", "--url", server.ws_url, "-i", str(wav), "-o", str(tmp_path / "o.wav"), "--fast",
+                "--tail", "0"]
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "certificate is not trusted" in err and "--ca-cert" in err and "Traceback" not in err
+        assert cli.main(argv + ["--ca-cert", str(cert)]) == 0
+        assert cli.main(argv + ["--insecure"]) == 0
+        assert cli.main(argv + ["--ca-cert", str(tmp_path / "missing.pem")]) == 1
+        assert "--ca-cert" in capsys.readouterr().err
+    assert sf.info(str(tmp_path / "o.wav")).channels == 2

@@ -3,6 +3,7 @@ and the whole command in a fresh process, which must never import torch."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -113,3 +114,19 @@ def test_client_never_imports_torch(tmp_path):
                               str(tmp_path / "o.wav"), "--fast"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert server.frames_in == 5 + 12  # 0.4 s, then the default 1 s of tail
+
+
+def test_microphone_mode_without_output_keeps_no_audio(fake_sounddevice):
+    """A long conversation with nothing to write must not grow the client's memory: only counts are kept."""
+    from aiohttp import web
+
+    from openmoshi.client import Options, talk_live
+
+    server = FakeMoshi()
+    app = web.Application()
+    app.router.add_get("/api/chat", server.handle)
+    with serve(app) as url:
+        rec = asyncio.run(talk_live(url, Options(timeout=10.0), duration=0.4, keep_audio=False))
+    assert rec.frames_sent == 5 and rec.frames_received >= 1
+    assert rec.user == [] and rec.moshi == [] and rec.moshi_samples >= 1920
+    assert rec.text().startswith("w0")
