@@ -1,7 +1,8 @@
 """Whole conversations: over a recording (`talk_file`) or through the microphone and speaker (`talk_live`).
 
 Both connect (`Connection.open`), hold the conversation (`conversation.converse`) and close; Ctrl-C ends the
-conversation early and keeps what was recorded. `run_file` is the synchronous form for scripts, tests and
+conversation early and keeps what was recorded; a conversation that fails mid-way raises ClientError with what was
+recorded so far as `err.recording`. `run_file` is the synchronous form for scripts, tests and
 benchmarks: `rec = run_file("ws://127.0.0.1:8998/api/chat", pcm)` with pcm mono float32 [T] at 24 kHz.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .connection import Connection
+from .connection import ClientError, Connection
 from .conversation import converse, file_frames, install_stop
 from .recording import FRAME_SIZE, SAMPLE_RATE, Recording
 
@@ -32,6 +33,16 @@ class Options:
     tail_seconds: float = 1.0  # silence sent after a recording so that Moshi can finish its sentence
 
 
+async def _keeping(rec: Recording, conversation) -> None:
+    """Run `conversation`; a ClientError raised mid-way carries what was recorded (`err.recording`), so that a
+    conversation the server ended (shutdown, a dropped connection) can still be written."""
+    try:
+        await conversation
+    except ClientError as err:
+        err.recording = rec
+        raise
+
+
 async def talk_file(url: str, pcm: np.ndarray, options: Options = Options(),
                     on_text: Callable[[str], None] | None = None, stop: asyncio.Event | None = None) -> Recording:
     """A conversation over `pcm` (mono float32 [T] at 24 kHz), then `tail_seconds` of silence."""
@@ -44,8 +55,9 @@ async def talk_file(url: str, pcm: np.ndarray, options: Options = Options(),
         try:
             tail = int(round(options.tail_seconds / rec.frame_seconds))
             frames = file_frames(np.asarray(pcm, dtype=np.float32), rec.frame_size, tail, stop)
-            await converse(conn, frames, rec, pace=options.pace, window=options.window, timeout=options.timeout,
-                           drain_timeout=options.drain_timeout, on_text=on_text)
+            await _keeping(rec, converse(conn, frames, rec, pace=options.pace, window=options.window,
+                                         timeout=options.timeout, drain_timeout=options.drain_timeout,
+                                         on_text=on_text))
         finally:
             await conn.close()
     finally:
@@ -70,8 +82,8 @@ async def talk_live(url: str, options: Options = Options(), duration: float | No
             speaker = SpeakerBuffer(int(max_buffer * SAMPLE_RATE))
             mic = Microphone(SAMPLE_RATE, FRAME_SIZE, speaker)
             # the microphone paces itself; the last frames need no drain (the speaker is closing)
-            await converse(conn, mic.frames(stop, duration), rec, pace=False, timeout=options.timeout,
-                           drain_timeout=0.5, on_text=on_text, on_audio=speaker.push)
+            await _keeping(rec, converse(conn, mic.frames(stop, duration), rec, pace=False, timeout=options.timeout,
+                                         drain_timeout=0.5, on_text=on_text, on_audio=speaker.push))
         finally:
             await conn.close()
     finally:

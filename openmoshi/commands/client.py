@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..audio import SAMPLE_RATE, AudioError, read_audio
-    from ..client import ClientError, Options, display_url, talk_file, talk_live
+    from ..client import ClientError, Options, Recording, display_url, talk_file, talk_live
     from ..io_safety import OutputError, check_outputs
     from ..server.protocol import ProtocolError
 
@@ -171,6 +171,13 @@ def main(args: argparse.Namespace) -> int:
             rec = asyncio.run(talk_file(url, user, options, on_text=_print_piece))
     except ClientError as err:
         print(file=sys.stderr)
+        partial: Recording | None = getattr(err, "recording", None)
+        if partial is not None and partial.frames_sent > 0 and any(paths.values()):
+            try:
+                partial.write(paths)  # what was said before the end is kept
+                print(f"(the conversation up to the error: {partial.summary()})", file=sys.stderr)
+            except OSError as write_err:
+                print(f"error: cannot write the conversation: {write_err}", file=sys.stderr)
         return error(str(err))
     print(file=sys.stderr)
     print(rec.summary(), file=sys.stderr)

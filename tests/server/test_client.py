@@ -303,6 +303,19 @@ def test_command_prints_the_servers_reason(fake, tmp_path, capsys):
     assert not (tmp_path / "o.wav").exists()
 
 
+def test_command_keeps_what_was_said_before_the_server_hung_up(fake, tmp_path, capsys):
+    fake.mode = "close"  # hangs up after 3 frames
+    wav = tmp_path / "in.wav"
+    sf.write(wav, speech(1.0), 24000)
+    out = tmp_path / "o.wav"
+    rc = cli.main(["client", "--url", fake.url, "-i", str(wav), "-o", str(out), "--fast", "--window", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "closed the conversation before it ended" in err and "up to the error" in err
+    data, _ = sf.read(out)
+    assert data.shape[1] == 2 and 3 * FS <= data.shape[0] < 13 * FS
+    assert abs(data[: 3 * FS, 0]).max() > 0.01  # Moshi's three frames are in it
+
+
 @pytest.mark.parametrize("argv, code, words", [
     (["-i", "in.wav"], 2, "--input needs --output"),
     (["--fast"], 2, "--fast needs --input"),
