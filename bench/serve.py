@@ -20,7 +20,8 @@ Measured, per conversation and pooled:
   the conversation-seconds actually stepped (steps x 80 ms), i.e. the cores one conversation needs to be held in
   real time, a figure that stays meaningful when a busy machine makes a run fall behind.
 
-Run: nice -n 10 .venv/bin/python bench/serve.py [--sessions 1 2 4] [--seconds 4] [--threads 1] [--json FILE]
+Run: nice -n 10 .venv/bin/python bench/serve.py [--sessions 1 2 4] [--seconds 4] [--threads 1] [--device cpu]
+     [--json FILE]
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
     from openmoshi.server.runner import serve_forever
 
     apply_threads(args.threads)
-    models = load_models(resolve_model_files(args.repo), "cpu")
+    models = load_models(resolve_model_files(args.repo), args.device)
     latencies: dict[int, list[float]] = collections.defaultdict(list)
     convs: dict[int, object] = {}  # conversations measured (opened after the last reset)
     first_id = [0]
@@ -151,12 +152,13 @@ def http(url: str, method: str = "GET") -> dict:
 
 
 class Server:
-    def __init__(self, repo: Path, max_sessions: int, threads: int) -> None:
+    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str) -> None:
         self.port = free_port()
         env = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": str(threads),
                "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--repo", str(repo), "--port",
-                                      str(self.port), "--max-sessions", str(max_sessions), "--threads", str(threads)],
+                                      str(self.port), "--max-sessions", str(max_sessions), "--threads", str(threads),
+                                      "--device", device],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def wait_ready(self) -> None:
@@ -194,8 +196,9 @@ async def converse_all(urls: list[str], seconds: float) -> list:
     return await asyncio.gather(*(one(i, u) for i, u in enumerate(urls)))
 
 
-def measure(repo: Path, n: int, mode: str, seconds: float, threads: int) -> dict:
-    servers = [Server(repo, n, threads)] if mode == "batched" else [Server(repo, 1, threads) for _ in range(n)]
+def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str) -> dict:
+    servers = ([Server(repo, n, threads, device)] if mode == "batched"
+               else [Server(repo, 1, threads, device) for _ in range(n)])
     try:
         for s in servers:
             s.wait_ready()
@@ -251,6 +254,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured conversation")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server process")
+    parser.add_argument("--device", default="cpu", help="the servers' device (cpu, cuda, cuda:N)")
     parser.add_argument("--json", default=None, help="write the results here too")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", default=None, help=argparse.SUPPRESS)
@@ -267,7 +271,7 @@ def main() -> None:
         repo = build_repo(Path(tmp) / "small")
         for n in args.sessions:
             for mode in ("batched", "separate") if n > 1 else ("batched",):
-                row = measure(repo, n, mode, args.seconds, args.threads)
+                row = measure(repo, n, mode, args.seconds, args.threads, args.device)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     print(markdown(rows))
