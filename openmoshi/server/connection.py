@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ class ChatConnection:
         self.started = time.monotonic()
 
     async def run(self) -> web.WebSocketResponse:
+        if self.config.send_buffer_bytes and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
         await self.ws.prepare(self.request)
         ending = Ending("closed")
         try:

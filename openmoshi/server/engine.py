@@ -26,6 +26,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -41,7 +42,7 @@ class ServerFull(RuntimeError):
     """Every row is taken."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a conversation is equal only to itself
 class Conversation:
     """One conversation (one row). Counters are read by the connection's log line and /api/status."""
 
@@ -112,6 +113,7 @@ class Engine:
         self.closed = 0
         self.late_steps = 0  # steps that started more than a period after their slot
         self.session = None
+        self._live: weakref.WeakSet[Conversation] = weakref.WeakSet()  # leak checks in tests
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -159,6 +161,7 @@ class Engine:
             loop = asyncio.get_running_loop()
             conv.ready, conv.wake = loop.create_future(), asyncio.Event()
             self._joining.append(conv)
+            self._live.add(conv)
             self.opened += 1
             self._cond.notify_all()
         return conv
@@ -232,6 +235,10 @@ class Engine:
             self._free.sort()
             self.closed += 1
 
+    def live_conversations(self) -> int:
+        """Conversation objects still referenced anywhere (after gc.collect(): 0 once every client is gone)."""
+        return len(self._live)
+
     def stats(self) -> dict:
         """Counters for /api/status and tests."""
         with self._cond:
@@ -261,6 +268,7 @@ class Engine:
                 joining, self._joining = self._joining, []
                 leaving, self._leaving = self._leaving, []
             self._apply(joining, leaving)
+            del joining, leaving  # no reference to a closed conversation outlives its leave
             with self._cond:
                 self._cond.notify_all()  # wait_settled
             if not self._active:
