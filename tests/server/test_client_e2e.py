@@ -133,7 +133,9 @@ def test_serve_and_client_end_to_end(replica, tmp_path, capsys):
                    "3", "--text-temperature", "1.0", "--timing", str(tmp_path / "timing.json")])
     captured = capsys.readouterr()
     assert rc == 0, captured.err + replica.log()
-    status = replica.status()
+    deadline = time.monotonic() + 30  # the engine frees the row between steps, after the close arrived
+    while (status := replica.status())["sessions_in_use"] and time.monotonic() < deadline:
+        time.sleep(0.1)
     data, rate = sf.read(out, dtype="float32")
     frames = 25 + 12  # 2 s, then the default 1 s of tail
     assert rate == 24000 and data.shape == (frames * 1920, 2)
