@@ -71,6 +71,10 @@ def chat_url(url: str, query: Mapping[str, str] | None = None, token: str | None
     items += list((query or {}).items())
     if token is not None:
         items = [(k, v) for k, v in items if k != "token"] + [("token", token)]
+    try:  # parameters written into the URL itself are checked as the server checks them
+        parse_query({k: v for k, v in items if k != "token"})
+    except ProtocolError as err:
+        raise ClientError(f"--url: {err}") from None
     return urlunsplit((scheme, parts.netloc, path, urlencode(items), ""))
 
 

@@ -101,6 +101,8 @@ def check_args(args: argparse.Namespace) -> str | None:
     """A message for contradictory flags, or None (each value's range is checked by its argparse type)."""
     if args.input is not None and args.output is None:
         return "--input needs --output (the stereo wav to write)"
+    if args.input is not None and args.duration is not None:
+        return "--duration is for the microphone; with --input the recording's length decides"
     if args.input is None and args.fast:
         return "--fast needs --input (the microphone runs in real time)"
     if args.seed is not None and (args.text_seed is not None or args.audio_seed is not None):

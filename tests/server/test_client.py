@@ -324,6 +324,8 @@ def test_command_keeps_what_was_said_before_the_server_hung_up(fake, tmp_path, c
     (["--param", "pad_mult=1", "--param", "pad_mult=2", "-i", "in.wav", "-o", "o.wav"], 2, "given twice"),
     (["--param", "text_seed=x", "-i", "in.wav", "-o", "o.wav"], 2, "text_seed must be an integer"),
     (["--insecure", "--ca-cert", "c.pem", "-i", "in.wav", "-o", "o.wav"], 2, "contradict"),
+    (["--url", "ws://h/api/chat?text_topk=many", "-i", "in.wav", "-o", "o.wav"], 2, "--url: text_topk must be"),
+    (["--duration", "3", "-i", "in.wav", "-o", "o.wav"], 2, "--duration is for the microphone"),
     (["-i", "missing.wav", "-o", "o.wav"], 1, "not found"),
     (["-i", "in.wav", "-o", "in.wav"], 1, "--input"),
     (["-i", "in.wav", "-o", "o.mp3"], 1, ".wav"),
