@@ -192,3 +192,32 @@ def test_client_over_tls_to_a_self_signed_server(server_models, tmp_path, capsys
         assert cli.main(argv + ["--ca-cert", str(tmp_path / "missing.pem")]) == 1
         assert "--ca-cert" in capsys.readouterr().err
     assert sf.info(str(tmp_path / "o.wav")).channels == 2
+
+
+def test_two_file_clients_at_once_get_their_own_conversations(make_server):
+    """Through the client library: a seeded conversation says the same words alone and beside another one; the
+    other, seeded differently, says something else. (`wait_for_input` makes the engine step only once every
+    conversation's frame is in: the pairing of frames is exact, whatever the machine's speed.)"""
+    import asyncio
+
+    from openmoshi.client import Options, chat_url, session_query, talk_file
+    from openmoshi.server.protocol import SessionParams
+
+    server = make_server(max_sessions=2, wait_for_input=10.0)
+    options = Options(pace=False, window=4, timeout=60.0, tail_seconds=0.0)
+    mine = chat_url(server.ws_url, session_query(SessionParams(text_seed=11, audio_seed=12, text_temperature=1.0)))
+    other = chat_url(server.ws_url, session_query(SessionParams(text_seed=5, audio_seed=6, text_temperature=1.0)))
+    me, you = user_recording(1.6, 0), user_recording(1.6, 1)
+
+    alone = asyncio.run(talk_file(mine, me, options))
+
+    async def together():
+        return await asyncio.gather(talk_file(mine, me, options), talk_file(other, you, options))
+
+    beside, second = asyncio.run(together())
+    assert alone.frames_received == beside.frames_received == alone.frames_sent == 20
+    assert alone.text() and beside.text() == alone.text()
+    # Moshi's audio is not compared sample for sample: the engine's pcm differs between the two runs by float
+    # rounding (~1e-7, sums in another order), and Opus's encoder decisions turn that into different bitstreams
+    assert beside.moshi_samples == alone.moshi_samples
+    assert second.text() and second.text() != alone.text()
