@@ -20,15 +20,16 @@ from openmoshi.server.opus import OpusDecoder, OpusEncoder
 FAST_MIMI = {"preset": "tiny", "seanet": {"ratios": [8, 6, 5, 4]}}  # 1920-sample frames, tiny widths
 
 
-def build_server_repo(folder: Path, seed: int = 0) -> Path:
-    """A tiny model folder (Kyutai's layout, loadable by resolve_model_files + load_models) with 80 ms frames."""
+def build_server_repo(folder: Path, seed: int = 0, **lm_overrides) -> Path:
+    """A tiny model folder (Kyutai's layout, loadable by resolve_model_files + load_models) with 80 ms frames;
+    `lm_overrides`: LMConfig fields (e.g. context=8)."""
     from openmoshi.codec.mimi import Mimi
     from openmoshi.codec.presets import mimi_config_from_overrides
     from openmoshi.lm.model import LMModel
     from openmoshi.testing.kyutai import tiny_lm_config, write_kyutai_repo
     from openmoshi.testing.mimi_init import randomize_model
 
-    cfg = tiny_lm_config()
+    cfg = tiny_lm_config(**lm_overrides)
     torch.manual_seed(seed)
     lm = LMModel(cfg)
     lm.init_weights()
