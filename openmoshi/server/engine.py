@@ -102,6 +102,7 @@ class Engine:
         self._free = list(range(config.max_sessions))  # rows no conversation holds (lock)
         self._joining: list[Conversation] = []  # opened, not joined yet (lock)
         self._leaving: list[Conversation] = []  # closed, row not left yet (lock)
+        self._applying = False  # the worker holds joins/leaves taken from the lists above (lock)
         self._active: dict[int, Conversation] = {}  # row -> conversation (worker thread; copies under lock)
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -182,12 +183,12 @@ class Engine:
         """Block until no join or leave is pending (tests: after a client closed, before reading counters)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._joining or self._leaving) and self.running:
+            while (self._joining or self._leaving or self._applying) and self.running:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.05))
-            return not (self._joining or self._leaving)
+            return not (self._joining or self._leaving or self._applying)
 
     def push_audio(self, conv: Conversation, pcm: np.ndarray) -> None:
         """Add the user's samples [N] (any length); whole frames go to the inbox, the oldest dropped past the
@@ -267,9 +268,11 @@ class Engine:
                     break
                 joining, self._joining = self._joining, []
                 leaving, self._leaving = self._leaving, []
+                self._applying = bool(joining or leaving)
             self._apply(joining, leaving)
             del joining, leaving  # no reference to a closed conversation outlives its leave
             with self._cond:
+                self._applying = False
                 self._cond.notify_all()  # wait_settled
             if not self._active:
                 continue
