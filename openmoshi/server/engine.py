@@ -190,17 +190,17 @@ class Engine:
                 self._cond.wait(min(left, 0.05))
             return not (self._joining or self._leaving or self._applying)
 
-    def push_audio(self, conv: Conversation, pcm: np.ndarray) -> None:
+    def push_audio(self, conv: Conversation, pcm: np.ndarray) -> int:
         """Add the user's samples [N] (any length); whole frames go to the inbox, the oldest dropped past the
-        bound."""
+        bound. Returns how many frames were dropped (the connection slows its reading by as much)."""
         if pcm.size == 0:
-            return
+            return 0
         buf = np.concatenate([conv._pending, pcm]) if conv._pending.size else pcm
         n = buf.size // self.frame_size
         frames = [buf[i * self.frame_size:(i + 1) * self.frame_size] for i in range(n)]
         conv._pending = buf[n * self.frame_size:].copy()
         if not frames:
-            return
+            return 0
         with self._cond:
             conv.inbox.extend(frames)
             conv.frames_in += len(frames)
@@ -213,6 +213,7 @@ class Engine:
                                 conv.id, conv.peer, over, conv.dropped_in + over)
                 conv.dropped_in += over
             self._cond.notify_all()
+        return max(0, over)
 
     def close(self, conv: Conversation) -> None:
         """End a conversation (idempotent); its row is freed by the worker before the next step."""
