@@ -145,7 +145,9 @@ class ChatConnection:
                         pcm = await loop.run_in_executor(self.pool, decoder.decode, message.data)
                     except OpusError as err:
                         return Ending(f"bad audio: {err}", f"bad audio: {err}")
-                    self.engine.push_audio(self.conv, pcm)
+                    dropped = self.engine.push_audio(self.conv, pcm)
+                    if dropped:  # faster than real time (or a server behind): read this client no faster
+                        await asyncio.sleep(min(2.0, dropped * self.engine.frame_seconds))
                 elif message.kind is Kind.ERROR:
                     return Ending(f"the client reported an error: {message.data[:200]}")
                 # handshake, control, metadata, ping and text from a client carry nothing the server acts on

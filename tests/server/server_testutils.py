@@ -1,9 +1,8 @@
 """Helpers for the server tests (and the client/web tests beside them): a tiny model with 80 ms frames, a
 server on a real localhost port, and a small websocket client speaking the protocol.
 
-The tiny model is moshi-free: our own LM (`LMModel.init_weights`) and Mimi (`randomize_model`) at tiny widths,
-but Mimi with Kyutai's SEANet ratios (8, 6, 5, 4), so one frame is 1920 samples at 24 kHz, as in the released
-model: one Opus page of the wire protocol is one model step.
+The tiny model (`build_server_repo`, re-exported from openmoshi.testing.server_model) is moshi-free, with
+Kyutai's 1920-sample frames: one Opus page of the wire protocol is one model step.
 """
 
 from __future__ import annotations
@@ -12,28 +11,10 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from openmoshi.server import protocol
 from openmoshi.server.opus import OpusDecoder, OpusEncoder
-
-FAST_MIMI = {"preset": "tiny", "seanet": {"ratios": [8, 6, 5, 4]}}  # 1920-sample frames, tiny widths
-
-
-def build_server_repo(folder: Path, seed: int = 0) -> Path:
-    """A tiny model folder (Kyutai's layout, loadable by resolve_model_files + load_models) with 80 ms frames."""
-    from openmoshi.codec.mimi import Mimi
-    from openmoshi.codec.presets import mimi_config_from_overrides
-    from openmoshi.lm.model import LMModel
-    from openmoshi.testing.kyutai import tiny_lm_config, write_kyutai_repo
-    from openmoshi.testing.mimi_init import randomize_model
-
-    cfg = tiny_lm_config()
-    torch.manual_seed(seed)
-    lm = LMModel(cfg)
-    lm.init_weights()
-    mimi = randomize_model(Mimi(mimi_config_from_overrides(FAST_MIMI)), seed)
-    return write_kyutai_repo(Path(folder), cfg, lm.state_dict(), mimi.state_dict(), mimi_overrides=FAST_MIMI)
+from openmoshi.testing.server_model import FAST_MIMI, build_server_repo  # noqa: F401  (re-exported)
 
 
 def load_server_models(folder: Path):

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -75,7 +76,8 @@ def _assert_clean(srv, base_tasks: int) -> None:
     assert srv.engine.running
 
 
-def test_bad_messages_end_only_their_connection(make_server):
+def test_bad_messages_end_only_their_connection(make_server, caplog):
+    caplog.set_level(logging.INFO, logger="openmoshi.server")
     srv = make_server(max_sessions=2)
     base = _server_tasks(srv)
     url = srv.ws_url
@@ -116,6 +118,9 @@ def test_bad_messages_end_only_their_connection(make_server):
     assert "unknown message kind 0x09" in results["unknown kind"][0]
     assert steady.error is None and steady.samples >= 40 * 1920
     _assert_clean(srv, base)
+    # the steady conversation (number 1) lost nothing while the others failed beside it
+    (line,) = [r.message for r in caplog.records if r.message.startswith("conversation 1 ") and "closed" in r.message]
+    assert re.search(r"40 frames in, \d+ filled with silence, 0 input frames dropped, 0 output frames dropped", line)
 
 
 def test_ten_megabyte_message_closes_that_connection(make_server, caplog):
@@ -255,3 +260,21 @@ def test_opus_decode_error_reason_is_sent(make_server):
 
     error, _ = asyncio.run(_bad(srv.ws_url, garbage))
     assert error.startswith("bad audio:")
+
+
+def test_audio_flood_is_dropped_and_logged(make_server, caplog):
+    """A minute of audio in one message: the conversation keeps the last second, says so, and goes on."""
+    caplog.set_level(logging.INFO, logger="openmoshi.server")
+    srv = make_server(max_input_backlog=12)
+    base = _server_tasks(srv)
+
+    async def flood():
+        async with aiohttp.ClientSession() as session:
+            return await talk(session, srv.ws_url, user_audio(750), expect_samples=20 * 1920, chunk=750 * 1920)
+
+    res = asyncio.run(flood())
+    assert res.error is None and res.samples >= 20 * 1920
+    _assert_clean(srv, base)
+    assert any("is behind: dropped 738 stale input frames" in r.message for r in caplog.records)
+    (line,) = [r.message for r in caplog.records if "closed after" in r.message]
+    assert "750 frames in" in line and "738 input frames dropped" in line
