@@ -42,25 +42,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_MIMI = {"preset": "tiny", "seanet": {"ratios": [8, 6, 5, 4]}}  # tiny widths, 1920-sample (80 ms) frames
 
 
 def build_repo(folder: Path, seed: int = 0) -> Path:
-    """The small model in Kyutai's folder layout (our own modules, random weights)."""
-    import torch
+    """The small model in Kyutai's folder layout: the server tests' tiny 80 ms-frame model (random weights)."""
+    from openmoshi.testing.server_model import build_server_repo
 
-    from openmoshi.codec.mimi import Mimi
-    from openmoshi.codec.presets import mimi_config_from_overrides
-    from openmoshi.lm.model import LMModel
-    from openmoshi.testing.kyutai import tiny_lm_config, write_kyutai_repo
-    from openmoshi.testing.mimi_init import randomize_model
-
-    cfg = tiny_lm_config()
-    torch.manual_seed(seed)
-    lm = LMModel(cfg)
-    lm.init_weights()
-    mimi = randomize_model(Mimi(mimi_config_from_overrides(SMALL_MIMI)), seed)
-    return write_kyutai_repo(folder, cfg, lm.state_dict(), mimi.state_dict(), mimi_overrides=SMALL_MIMI)
+    return build_server_repo(folder, seed)
 
 
 # ---- worker: one server process, its engine instrumented -------------------------------------------------------
