@@ -59,7 +59,9 @@ class ServerConfig:
     Bearer`); None: open. `static_dir`: the web page's folder (None: the package's openmoshi/server/static).
     `stall_timeout`: seconds a client may leave Moshi's audio unread before it is closed. `max_unsent_bytes`:
     bytes waiting in a connection's socket buffer above which audio is held back (and, past the queue bound,
-    dropped) instead of written. `handshake_timeout`: seconds a new conversation may wait for its slot to start.
+    dropped) instead of written. `send_buffer_bytes`: the kernel send buffer of each websocket (None: the OS's
+    autotuning); audio sitting there is stale by the time a slow client reads it. `handshake_timeout`: seconds a
+    new conversation may wait for its slot to start.
     """
 
     host: str = "127.0.0.1"
@@ -69,6 +71,7 @@ class ServerConfig:
     static_dir: Path | None = None
     stall_timeout: float = 10.0
     max_unsent_bytes: int = 32 * 1024
+    send_buffer_bytes: int | None = None
     handshake_timeout: float = 30.0
     heartbeat: float | None = 30.0
     codec_threads: int = 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ class ChatConnection:
         self.started = time.monotonic()
 
     async def run(self) -> web.WebSocketResponse:
+        if self.config.send_buffer_bytes and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
         await self.ws.prepare(self.request)
         ending = Ending("closed")
         try:
@@ -140,7 +145,9 @@ class ChatConnection:
                         pcm = await loop.run_in_executor(self.pool, decoder.decode, message.data)
                     except OpusError as err:
                         return Ending(f"bad audio: {err}", f"bad audio: {err}")
-                    self.engine.push_audio(self.conv, pcm)
+                    dropped = self.engine.push_audio(self.conv, pcm)
+                    if dropped:  # faster than real time (or a server behind): read this client no faster
+                        await asyncio.sleep(min(2.0, dropped * self.engine.frame_seconds))
                 elif message.kind is Kind.ERROR:
                     return Ending(f"the client reported an error: {message.data[:200]}")
                 # handshake, control, metadata, ping and text from a client carry nothing the server acts on

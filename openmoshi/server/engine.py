@@ -26,6 +26,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -41,7 +42,7 @@ class ServerFull(RuntimeError):
     """Every row is taken."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a conversation is equal only to itself
 class Conversation:
     """One conversation (one row). Counters are read by the connection's log line and /api/status."""
 
@@ -101,6 +102,7 @@ class Engine:
         self._free = list(range(config.max_sessions))  # rows no conversation holds (lock)
         self._joining: list[Conversation] = []  # opened, not joined yet (lock)
         self._leaving: list[Conversation] = []  # closed, row not left yet (lock)
+        self._applying = False  # the worker holds joins/leaves taken from the lists above (lock)
         self._active: dict[int, Conversation] = {}  # row -> conversation (worker thread; copies under lock)
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -112,6 +114,7 @@ class Engine:
         self.closed = 0
         self.late_steps = 0  # steps that started more than a period after their slot
         self.session = None
+        self._live: weakref.WeakSet[Conversation] = weakref.WeakSet()  # leak checks in tests
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -159,6 +162,7 @@ class Engine:
             loop = asyncio.get_running_loop()
             conv.ready, conv.wake = loop.create_future(), asyncio.Event()
             self._joining.append(conv)
+            self._live.add(conv)
             self.opened += 1
             self._cond.notify_all()
         return conv
@@ -179,24 +183,24 @@ class Engine:
         """Block until no join or leave is pending (tests: after a client closed, before reading counters)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._joining or self._leaving) and self.running:
+            while (self._joining or self._leaving or self._applying) and self.running:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.05))
-            return not (self._joining or self._leaving)
+            return not (self._joining or self._leaving or self._applying)
 
-    def push_audio(self, conv: Conversation, pcm: np.ndarray) -> None:
+    def push_audio(self, conv: Conversation, pcm: np.ndarray) -> int:
         """Add the user's samples [N] (any length); whole frames go to the inbox, the oldest dropped past the
-        bound."""
+        bound. Returns how many frames were dropped (the connection slows its reading by as much)."""
         if pcm.size == 0:
-            return
+            return 0
         buf = np.concatenate([conv._pending, pcm]) if conv._pending.size else pcm
         n = buf.size // self.frame_size
         frames = [buf[i * self.frame_size:(i + 1) * self.frame_size] for i in range(n)]
         conv._pending = buf[n * self.frame_size:].copy()
         if not frames:
-            return
+            return 0
         with self._cond:
             conv.inbox.extend(frames)
             conv.frames_in += len(frames)
@@ -209,6 +213,7 @@ class Engine:
                                 conv.id, conv.peer, over, conv.dropped_in + over)
                 conv.dropped_in += over
             self._cond.notify_all()
+        return max(0, over)
 
     def close(self, conv: Conversation) -> None:
         """End a conversation (idempotent); its row is freed by the worker before the next step."""
@@ -231,6 +236,10 @@ class Engine:
             self._free.append(conv.row)
             self._free.sort()
             self.closed += 1
+
+    def live_conversations(self) -> int:
+        """Conversation objects still referenced anywhere (after gc.collect(): 0 once every client is gone)."""
+        return len(self._live)
 
     def stats(self) -> dict:
         """Counters for /api/status and tests."""
@@ -260,8 +269,11 @@ class Engine:
                     break
                 joining, self._joining = self._joining, []
                 leaving, self._leaving = self._leaving, []
+                self._applying = bool(joining or leaving)
             self._apply(joining, leaving)
+            del joining, leaving  # no reference to a closed conversation outlives its leave
             with self._cond:
+                self._applying = False
                 self._cond.notify_all()  # wait_settled
             if not self._active:
                 continue

@@ -88,6 +88,7 @@ class OpusDecoder:
     """
 
     MAX_PAGE_BYTES = 27 + 255 + 255 * 255
+    FEED_BYTES = 1024  # per call to sphn: a page holds >= 28 bytes, so at most ~36 pages (~70k samples) a call
 
     def __init__(self, sample_rate: int = SAMPLE_RATE) -> None:
         self.sample_rate = sample_rate
@@ -111,13 +112,18 @@ class OpusDecoder:
         self.bytes_in += len(raw)
         if self.bytes_in == len(raw) and not raw.startswith(b"OggS"[: len(raw)]):
             self._fail(f"not an Ogg stream (starts with {raw[:4].hex()}, expected 4f676753 'OggS')")
-        try:
-            pcm = self._reader.append_bytes(raw)
-        except BaseException as err:  # ValueError from sphn; a Rust panic is a BaseException
-            if isinstance(err, (KeyboardInterrupt, SystemExit)):
-                raise
-            self._fail(f"corrupt Ogg/Opus data: {err}")
-        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        parts = []
+        # sphn's reader decodes at most ~100 pages per call ("invalid argument" beyond): feed it small pieces
+        for i in range(0, len(raw), self.FEED_BYTES):
+            try:
+                out = self._reader.append_bytes(raw[i:i + self.FEED_BYTES])
+            except BaseException as err:  # ValueError from sphn; a Rust panic is a BaseException
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise
+                self._fail(f"corrupt Ogg/Opus data: {err}")
+            if out.size:
+                parts.append(np.asarray(out, dtype=np.float32).reshape(-1))
+        pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
         if pcm.size:
             self._bytes_since_output = 0
         else:

@@ -6,4 +6,5 @@ is the test-only oracle); helpers that work on a reference model take it, or its
 - `spm`: a tiny SentencePiece model with Moshi's special ids, trained on the fly;
 - `kyutai`: Kyutai's LM kwargs for one of our configs, random reference weights, the published file naming, and
   tiny models written in the layout of Kyutai's repos (config.json and the three files).
+- `server_model`: a moshi-free tiny model with Kyutai's 80 ms frames (the server's tests, bench/serve.py).
 """

@@ -1,9 +1,8 @@
 """Helpers for the server tests (and the client/web tests beside them): a tiny model with 80 ms frames, a
 server on a real localhost port, and a small websocket client speaking the protocol.
 
-The tiny model is moshi-free: our own LM (`LMModel.init_weights`) and Mimi (`randomize_model`) at tiny widths,
-but Mimi with Kyutai's SEANet ratios (8, 6, 5, 4), so one frame is 1920 samples at 24 kHz, as in the released
-model: one Opus page of the wire protocol is one model step.
+The tiny model (`build_server_repo`, re-exported from openmoshi.testing.server_model) is moshi-free, with
+Kyutai's 1920-sample frames: one Opus page of the wire protocol is one model step.
 """
 
 from __future__ import annotations
@@ -12,28 +11,10 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from openmoshi.server import protocol
 from openmoshi.server.opus import OpusDecoder, OpusEncoder
-
-FAST_MIMI = {"preset": "tiny", "seanet": {"ratios": [8, 6, 5, 4]}}  # 1920-sample frames, tiny widths
-
-
-def build_server_repo(folder: Path, seed: int = 0) -> Path:
-    """A tiny model folder (Kyutai's layout, loadable by resolve_model_files + load_models) with 80 ms frames."""
-    from openmoshi.codec.mimi import Mimi
-    from openmoshi.codec.presets import mimi_config_from_overrides
-    from openmoshi.lm.model import LMModel
-    from openmoshi.testing.kyutai import tiny_lm_config, write_kyutai_repo
-    from openmoshi.testing.mimi_init import randomize_model
-
-    cfg = tiny_lm_config()
-    torch.manual_seed(seed)
-    lm = LMModel(cfg)
-    lm.init_weights()
-    mimi = randomize_model(Mimi(mimi_config_from_overrides(FAST_MIMI)), seed)
-    return write_kyutai_repo(Path(folder), cfg, lm.state_dict(), mimi.state_dict(), mimi_overrides=FAST_MIMI)
+from openmoshi.testing.server_model import FAST_MIMI, build_server_repo  # noqa: F401  (re-exported)
 
 
 def load_server_models(folder: Path):
@@ -66,12 +47,12 @@ class Result:
 
 
 async def talk(session, url: str, pcm: np.ndarray | None, expect_samples: int | None = None, timeout: float = 60.0,
-               chunk: int = 1920) -> Result:
+               chunk: int = 1920, headers: dict | None = None) -> Result:
     """Connect, wait for the handshake, send `pcm` as Opus (all at once), read until `expect_samples` samples of
     Moshi's audio came back (or the server closed), then close. Returns what was received."""
     res = Result()
     decoder = OpusDecoder()
-    async with session.ws_connect(url, max_msg_size=0) as ws:
+    async with session.ws_connect(url, max_msg_size=0, headers=headers) as ws:
 
         async def receive_until(done) -> None:
             while not done():
@@ -102,3 +83,48 @@ async def talk(session, url: str, pcm: np.ndarray | None, expect_samples: int | 
             await asyncio.wait_for(receive_until(lambda: res.samples >= expect_samples or res.error is not None),
                                    timeout)
     return res
+
+
+# ---- a raw websocket client: for clients that misbehave below what aiohttp's client allows -------------------
+def raw_ws_connect(host: str, port: int, path: str = "/api/chat", rcvbuf: int | None = None):
+    """A blocking socket after a websocket upgrade (the 101 response read); `rcvbuf` shrinks its receive buffer
+    (set before connecting, so the TCP window stays small)."""
+    import base64
+    import os
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(30)
+    sock.connect((host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)  # byte by byte: nothing past the headers is consumed
+        if not chunk:
+            raise ConnectionError("closed during the upgrade")
+        head += chunk
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise ConnectionError(head.decode(errors="replace"))
+    return sock
+
+
+def ws_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """One masked client frame (FIN set)."""
+    import os
+    import struct
+
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    mask = os.urandom(4)
+    body = np.frombuffer(payload, dtype=np.uint8) ^ np.resize(np.frombuffer(mask, dtype=np.uint8), n)
+    return head + mask + body.tobytes()

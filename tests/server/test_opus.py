@@ -115,3 +115,9 @@ def test_bytes_without_audio_are_bounded():
     with pytest.raises(OpusError):
         for _ in range(400):
             dec.decode(bytes(1000))
+
+
+def test_a_minute_in_one_call():
+    """sphn's reader alone refuses ~200 pages in one call; the decoder feeds it in pieces."""
+    pcm = _tone(750 * FRAME_SAMPLES)
+    assert decode_all(encode_all(pcm)).size == pcm.size

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 
 import aiohttp
 from server_testutils import talk, user_audio
 
-from openmoshi.server.protocol import Kind
+from openmoshi.server.protocol import Kind, decode
 
 FRAMES = 8
 
@@ -60,3 +61,43 @@ def test_health_status_and_page(make_server):
     assert set(status["step_time_ms"]) == {"p50", "p90", "p99"}
     page = urllib.request.urlopen(srv.url + "/", timeout=10)
     assert page.status == 200 and "html" in page.headers["Content-Type"]
+
+
+def test_static_files_stay_inside_their_folder(make_server, tmp_path):
+    (tmp_path / "index.html").write_text("<html>my page</html>")
+    (tmp_path / "app.js").write_text("console.log(1)")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "x.css").write_text("body{}")
+    (tmp_path.parent / "secret.txt").write_text("no")
+    srv = make_server(server={"static_dir": tmp_path})
+    assert urllib.request.urlopen(srv.url + "/", timeout=10).read() == b"<html>my page</html>"
+    assert urllib.request.urlopen(srv.url + "/app.js", timeout=10).read() == b"console.log(1)"
+    assert urllib.request.urlopen(srv.url + "/static/assets/x.css", timeout=10).read() == b"body{}"
+    for path in ("/static/../secret.txt", "/static/%2e%2e/secret.txt", "/nothing.js", "/static/assets"):
+        try:
+            urllib.request.urlopen(srv.url + path, timeout=10)
+        except urllib.error.HTTPError as err:
+            assert err.code == 404, path
+        else:
+            raise AssertionError(f"{path} was served")
+
+
+def test_shutdown_tells_the_clients(make_server):
+    srv = make_server()
+
+    async def scenario():
+        async with aiohttp.ClientSession() as session, session.ws_connect(srv.ws_url) as ws:
+            first = await asyncio.wait_for(ws.receive(), 30)
+            assert first.data == b"\x00"
+            await asyncio.get_running_loop().run_in_executor(None, srv.stop)
+            texts = []
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), 30)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return texts
+                m = decode(msg.data)
+                if m.kind is Kind.ERROR:
+                    texts.append(m.data)
+
+    assert asyncio.run(scenario()) == ["the server is shutting down"]
+    assert not srv.engine.running

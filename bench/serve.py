@@ -1,0 +1,271 @@
+"""Serving benchmark: N conversations held in real time on one batched server vs N one-conversation servers.
+
+For each N (`--sessions 1 2 4`), same run, two ways:
+- `batched`: one server process with `max_sessions = N` (one DuplexSession of N rows, one step per 80 ms for all);
+- `separate`: N server processes with `max_sessions = 1` each (the reference's way: one conversation per process).
+Every server runs with one torch thread (`--threads`, pinned: intra-op 1, inter-op 1, OMP_NUM_THREADS), the
+model is small (a tiny LM and a tiny-width Mimi with Kyutai's SEANet ratios, so 80 ms frames as in the released
+model), and the clients (this process, `openmoshi.client.talk_file`) send a recording paced in real time, as
+people talk, started 37 ms apart (real users are not in phase). A short warm-up conversation per server comes
+first and is not counted.
+
+Measured, per conversation and pooled:
+- frame latency, the issue's definition: from a user's frame arriving at the server (its Opus page decoded into
+  the conversation's input) to Moshi's frame for the step that consumed it leaving the engine for the connection
+  (handed to the event loop, which then Opus-encodes and writes it). Each server process is instrumented for this
+  with a subclass of the server's `Engine` (bench only: the server's code is not changed);
+- steps that started late (the server fell behind real time) and the step time, from /api/status;
+- CPU per conversation: the server processes' CPU time (all threads) over the measured window, divided by the
+  wall time and by N (1.0 = one core busy all the time); and per real-time conversation: that CPU time divided by
+  the conversation-seconds actually stepped (steps x 80 ms), i.e. the cores one conversation needs to be held in
+  real time, a figure that stays meaningful when a busy machine makes a run fall behind.
+
+Run: nice -n 10 .venv/bin/python bench/serve.py [--sessions 1 2 4] [--seconds 4] [--threads 1] [--device cpu]
+     [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_repo(folder: Path, seed: int = 0) -> Path:
+    """The small model in Kyutai's folder layout: the server tests' tiny 80 ms-frame model (random weights)."""
+    from openmoshi.testing.server_model import build_server_repo
+
+    return build_server_repo(folder, seed)
+
+
+# ---- worker: one server process, its engine instrumented -------------------------------------------------------
+def worker(args: argparse.Namespace) -> None:
+    from openmoshi.commands.common import apply_threads, configure_threading_env
+
+    configure_threading_env()
+    from aiohttp import web
+
+    from openmoshi.inference.models import load_models, resolve_model_files
+    from openmoshi.server import engine as engine_mod
+    from openmoshi.server.app import build_app
+    from openmoshi.server.config import EngineConfig, ServerConfig
+    from openmoshi.server.runner import serve_forever
+
+    apply_threads(args.threads)
+    models = load_models(resolve_model_files(args.repo), args.device)
+    latencies: dict[int, list[float]] = collections.defaultdict(list)
+    convs: dict[int, object] = {}  # conversations measured (opened after the last reset)
+    first_id = [0]
+
+    class TimedEngine(engine_mod.Engine):
+        """Stamps each user frame's arrival, which step consumed it, and when that step's output left."""
+
+        def push_audio(self, conv, pcm) -> None:
+            with self._cond:  # re-entrant: the worker cannot pop the new frames before they are stamped
+                before_in, before_drop = conv.frames_in, conv.dropped_in
+                super().push_audio(conv, pcm)
+                if conv.id >= first_id[0]:
+                    convs[conv.id] = conv
+                arrivals = conv.__dict__.setdefault("bench_arrivals", collections.deque())
+                arrivals.extend([time.perf_counter()] * (conv.frames_in - before_in))
+                for _ in range(conv.dropped_in - before_drop):  # the engine dropped the oldest frames
+                    arrivals.popleft()
+
+        def _step(self, frames) -> None:
+            self.bench_stamps = [(conv.id, conv.__dict__["bench_arrivals"].popleft())
+                                 for row, conv in self._active.items() if frames.get(row) is not None]
+            super()._step(frames)
+
+        def _post(self, fn, *args) -> None:
+            if fn is engine_mod._deliver:
+                stamps, deliver = self.bench_stamps, fn
+
+                def deliver_and_stamp(*a) -> None:
+                    now = time.perf_counter()
+                    for conv_id, arrived in stamps:
+                        if conv_id >= first_id[0]:  # not the warm-up's last frames
+                            latencies[conv_id].append(now - arrived)
+                    deliver(*a)
+
+                fn = deliver_and_stamp
+            super()._post(fn, *args)
+
+    config = ServerConfig(host="127.0.0.1", port=args.port, model_name="bench-small", handshake_timeout=60.0,
+                          engine=EngineConfig(max_sessions=args.max_sessions, seed=1))
+    engine = TimedEngine(models.mimi, models.lm, models.tokenizer, config.engine)
+    app = build_app(models.mimi, models.lm, models.tokenizer, config, engine=engine)
+
+    async def stats(_request):
+        return web.json_response({
+            "cpu_s": time.process_time(), "latency_s": {str(k): v for k, v in latencies.items()},
+            "dropped_in": sum(c.dropped_in for c in convs.values()),
+            "silence_fills": sum(c.silence_fills for c in convs.values()),
+            "steps": sum(c.steps for c in convs.values())})
+
+    async def reset(_request):
+        latencies.clear()
+        convs.clear()
+        first_id[0] = engine.opened + 1  # conversation ids count from 1 in opening order
+        return web.json_response({"cpu_s": time.process_time()})
+
+    app.router.add_get("/bench/stats", stats)
+    app.router.add_post("/bench/reset", reset)
+    asyncio.run(serve_forever(app, "127.0.0.1", args.port, None, lambda port: print("READY", port, flush=True)))
+
+
+# ---- parent: servers, clients, report ------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(url: str, method: str = "GET") -> dict:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+class Server:
+    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": str(threads),
+               "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--repo", str(repo), "--port",
+                                      str(self.port), "--max-sessions", str(max_sessions), "--threads", str(threads),
+                                      "--device", device],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def wait_ready(self) -> None:
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"bench server did not start (exit {self.proc.poll()})")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def recording(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 24000)) / 24000
+    return (0.2 * np.sin(2 * np.pi * (180 + 40 * seed) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+async def converse_all(urls: list[str], seconds: float) -> list:
+    from openmoshi.client import Options, talk_file
+
+    options = Options(timeout=120.0, tail_seconds=0.24)
+
+    async def one(i: int, url: str):
+        await asyncio.sleep(0.037 * i)
+        return await talk_file(url, recording(seconds, i), options)
+
+    return await asyncio.gather(*(one(i, u) for i, u in enumerate(urls)))
+
+
+def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str) -> dict:
+    servers = ([Server(repo, n, threads, device)] if mode == "batched"
+               else [Server(repo, 1, threads, device) for _ in range(n)])
+    try:
+        for s in servers:
+            s.wait_ready()
+        asyncio.run(converse_all([f"ws://127.0.0.1:{s.port}/api/chat" for s in servers], 1.0))  # warm-up
+        before = [http(s.base + "/bench/reset", "POST")["cpu_s"] for s in servers]
+        late_before = [http(s.base + "/api/status")["late_steps"] for s in servers]
+        urls = [f"ws://127.0.0.1:{servers[0 if mode == 'batched' else i].port}/api/chat" for i in range(n)]
+        start = time.perf_counter()
+        recs = asyncio.run(converse_all(urls, seconds))
+        wall = time.perf_counter() - start
+        stats = [http(s.base + "/bench/stats") for s in servers]
+        status = [http(s.base + "/api/status") for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    cpu = sum(st["cpu_s"] - b for st, b in zip(stats, before, strict=True))
+    per_conv = [np.asarray(v) * 1000 for st in stats for v in st["latency_s"].values()]
+    pooled = np.concatenate(per_conv) if per_conv else np.zeros(0)
+    return {
+        "sessions": n, "mode": mode, "processes": len(servers), "conversations": len(per_conv),
+        "frames": int(pooled.size), "wall_s": round(wall, 2),
+        "latency_ms": {"median": round(float(np.median(pooled)), 1), "p99": round(float(np.percentile(pooled, 99)), 1)},
+        "worst_conversation_p99_ms": round(max(float(np.percentile(v, 99)) for v in per_conv), 1),
+        "late_steps": sum(s["late_steps"] for s in status) - sum(late_before),
+        "input_frames_dropped": sum(st["dropped_in"] for st in stats),
+        "silence_filled_steps": sum(st["silence_fills"] for st in stats),
+        "conversation_steps": sum(st["steps"] for st in stats),
+        "step_ms_p50": [s["step_time_ms"]["p50"] for s in status],
+        "cpu_cores_per_conversation": round(cpu / wall / n, 3),
+        # the CPU one conversation-second of audio cost: what holding a conversation in real time needs in cores,
+        # whether or not this run kept up (a run that fell behind stepped less than it should have)
+        "cpu_cores_per_realtime_conversation": round(cpu / (sum(st["steps"] for st in stats) * 0.08), 3),
+        "cpu_s": round(cpu, 2),
+        "frames_received": [r.frames_received for r in recs], "frames_sent": [r.frames_sent for r in recs],
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| conversations | server | frame latency median / p99 (ms) | worst conversation's p99 (ms) | late "
+           "steps | step p50 (ms) | CPU per conversation (cores) | CPU per real-time conversation (cores) |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        server = "1 batched process" if r["mode"] == "batched" else f"{r['processes']} processes"
+        steps = "/".join(f"{x:.0f}" for x in r["step_ms_p50"] if x is not None)
+        out.append(f"| {r['sessions']} | {server} | {r['latency_ms']['median']:.0f} / {r['latency_ms']['p99']:.0f} "
+                   f"| {r['worst_conversation_p99_ms']:.0f} | {r['late_steps']} | {steps} | "
+                   f"{r['cpu_cores_per_conversation']:.2f} | {r['cpu_cores_per_realtime_conversation']:.2f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured conversation")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per server process")
+    parser.add_argument("--device", default="cpu", help="the servers' device (cpu, cuda, cuda:N)")
+    parser.add_argument("--json", default=None, help="write the results here too")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--repo", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--max-sessions", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    if args.worker:
+        worker(args)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = build_repo(Path(tmp) / "small")
+        for n in args.sessions:
+            for mode in ("batched", "separate") if n > 1 else ("batched",):
+                row = measure(repo, n, mode, args.seconds, args.threads, args.device)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`openmoshi serve` as a user runs it: flag errors before anything loads, and a real process over HTTPS with a
+self-signed certificate and a token (log lines, health, a conversation's handshake, Ctrl-C)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from openmoshi import cli
+from openmoshi.server import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ssl-cert", "a.pem"], "--ssl-cert and --ssl-key go together"),
+    (["--ssl-self-signed", "--ssl-cert", "a", "--ssl-key", "b"], "--ssl-self-signed makes its own certificate"),
+    (["--token", " "], "--token must not be empty"),
+    (["--static", "/nonexistent/folder"], "--static: no such folder"),
+    (["--ssl-cert", "/nonexistent.pem", "--ssl-key", "/nonexistent.key"], "TLS certificate not found"),
+])
+def test_flag_errors_come_before_the_model(argv, message, capsys):
+    code = cli.main(["serve", "--model", "/nonexistent/model", *argv])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--port", "-1"], ["--max-sessions", "0"]])
+def test_bad_values_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", *argv])
+    assert exc.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clean_error(tmp_path, capsys):
+    assert cli.main(["serve", "--model", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model files missing") and "Traceback" not in err
+
+
+def test_a_real_server_over_https_with_a_token(server_repo, tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "OPENMOSHI_TOKEN": "t0ken",
+           "NO_TORCH_COMPILE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "openmoshi.cli", "serve", "--model", str(server_repo),
+                             "--port", "0", "--ssl-self-signed", "--threads", "1"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "openmoshi serve:" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(120), "".join(lines)
+        log = "".join(lines)
+        port = int(re.search(r"web page https://localhost:(\d+)/", log).group(1))
+        assert re.search(r"max sessions: \d+ \(what fits: a step takes", log)
+        assert "token required" in log and "self-signed certificate" in log
+        (cert,) = (tmp_path / "cache" / "openmoshi" / "tls").glob("*.crt")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        assert urllib.request.urlopen(f"https://localhost:{port}/api/health", context=ctx, timeout=30).read() == b"ok\n"
+
+        async def chat(token: str | None):
+            url = f"wss://localhost:{port}/api/chat" + (f"?token={token}" if token else "")
+            async with aiohttp.ClientSession() as session, session.ws_connect(url, ssl=ctx) as ws:
+                msg = await asyncio.wait_for(ws.receive(), 60)
+                return protocol.decode(msg.data)
+
+        assert asyncio.run(chat("t0ken")).kind is protocol.Kind.HANDSHAKE
+        refused = asyncio.run(chat(None))
+        assert refused.kind is protocol.Kind.ERROR and refused.data == "unauthorized: missing or wrong token"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        reader.join(10)
+        log = "".join(lines)
+        assert re.search(r"conversation 1 from 127\.0\.0\.1 closed after [\d.]+ s: the client closed", log)
+        assert "refused: missing or wrong token" in log and "Traceback" not in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
