@@ -25,7 +25,12 @@ from openmoshi.client import Options, chat_url, session_query, talk_file
 from openmoshi.server.protocol import SessionParams
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (scripts/test.sh installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _nginx_installed() -> None:
+    """A missing nginx fails the test (scripts/test.sh installs it); it is never skipped."""
+    assert NGINX is not None, "nginx is not installed: run scripts/test.sh, which installs Debian's nginx"
 DOC = ROOT / "docs" / "deploy.md"
 MARK = "<!-- tested: the block below is read by tests/server/test_nginx.py -->"
 
