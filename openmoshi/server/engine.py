@@ -372,7 +372,6 @@ class Engine:
 
     def _fail_all(self, reason: str) -> None:
         for row, conv in list(self._active.items()):
-            conv.end_reason = reason
             try:
                 self.session.leave(row)
             except Exception:  # the session itself may be what failed
@@ -381,6 +380,7 @@ class Engine:
             with self._cond:
                 conv._closing = True
                 self._release(conv)
+            conv.end_reason = reason  # after the release: whoever sees it can open a new conversation at once
             self._post(_wake, conv)
 
     def _post(self, fn, *args) -> None:

@@ -15,7 +15,7 @@ import time
 import aiohttp
 import numpy as np
 import pytest
-from server_testutils import raw_ws_connect, talk, user_audio, ws_frame
+from server_testutils import raw_ws_connect, settle, talk, user_audio, ws_frame
 
 from openmoshi.server import protocol
 from openmoshi.server.app import STATE
@@ -59,11 +59,7 @@ def _server_tasks(srv) -> int:
 
 def _assert_clean(srv, base_tasks: int) -> None:
     """No row, pending join/leave, websocket task or Conversation object left."""
-    deadline = time.monotonic() + 10
-    while srv.app[STATE]["connections"] and time.monotonic() < deadline:  # handlers finishing their close
-        time.sleep(0.05)
-    assert not srv.app[STATE]["connections"]
-    assert srv.engine.wait_settled()
+    settle(srv)
     stats = srv.engine.stats()
     assert stats["sessions_free"] == stats["sessions_max"], stats
     assert stats["conversations_opened"] == stats["conversations_closed"], stats
