@@ -65,6 +65,7 @@ class Engine:
         self._free = list(range(config.max_sessions))  # rows no conversation holds (lock)
         self._joining: list[Conversation] = []  # opened, not joined yet (lock)
         self._leaving: list[Conversation] = []  # closed, row not left yet (lock)
+        self.draining = False  # set by `drain()`: no new conversations, the open ones go on
         self._applying = False  # the worker holds joins/leaves taken from the lists above (lock)
         self._active: dict[int, Conversation] = {}  # row -> conversation (worker thread; copies under lock)
         self._ids = itertools.count(1)
@@ -116,6 +117,8 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise ServerFull("the server is shutting down")
+            if self.draining:
+                raise ServerFull("server draining: it takes no new conversations (try another replica)")
             row = self._take_row()
             cid = next(self._ids)
             seed = params.text_seed
@@ -200,6 +203,11 @@ class Engine:
             self._free.sort()
             self.closed += 1
 
+    def drain(self) -> None:
+        """Take no new conversations (they get "server draining"; /api/health says 503); the open ones go on."""
+        with self._cond:
+            self.draining = True
+
     def live_conversations(self) -> int:
         """Conversation objects still referenced anywhere (after gc.collect(): 0 once every client is gone)."""
         return len(self._live)
@@ -212,7 +220,7 @@ class Engine:
             times = list(self.step_times)
         return {
             "sessions_max": self.config.max_sessions, "sessions_in_use": self.config.max_sessions - free,
-            "sessions_free": free, "joining": joining, "leaving": leaving,
+            "sessions_free": free, "draining": self.draining, "joining": joining, "leaving": leaving,
             "conversations_opened": self.opened, "conversations_closed": self.closed,
             "steps": self.steps, "late_steps": self.late_steps,
             "step_period_ms": round(self.period * 1000, 3), "frame_ms": round(self.frame_seconds * 1000, 3),
