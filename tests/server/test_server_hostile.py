@@ -19,8 +19,9 @@ from server_testutils import raw_ws_connect, settle, talk, user_audio, ws_frame
 
 from openmoshi.server import protocol
 from openmoshi.server.app import STATE
+from openmoshi.server.connection import ChatConnection
 from openmoshi.server.engine import Conversation
-from openmoshi.server.opus import encode_all
+from openmoshi.server.opus import OpusDecoder, OpusEncoder, encode_all
 from openmoshi.server.protocol import Kind
 
 
@@ -69,6 +70,10 @@ def _assert_clean(srv, base_tasks: int) -> None:
     assert _server_tasks(srv) <= base_tasks
     gc.collect()
     assert srv.engine.live_conversations() == 0
+    # and nothing a connection built outlives it (its handler, its codecs). aiohttp's own WebSocketResponse may
+    # live until its heartbeat timer's next tick (at most `heartbeat` seconds): bounded, so not checked here.
+    leaky = {ChatConnection, OpusDecoder, OpusEncoder}
+    assert not [o for o in gc.get_objects() if type(o) in leaky]
     assert srv.engine.running
 
 
