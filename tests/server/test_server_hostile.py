@@ -25,6 +25,14 @@ from openmoshi.server.opus import OpusDecoder, OpusEncoder, encode_all
 from openmoshi.server.protocol import Kind
 
 
+@pytest.fixture(autouse=True)
+def _no_tracebacks(caplog):
+    """Hostile input is logged as one line: no ERROR record and no traceback from us or from aiohttp."""
+    yield
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [f"{r.name}: {r.getMessage()}" for r in bad]
+
+
 async def _bad(url: str, send) -> tuple[str | None, int | None]:
     """Connect, wait for the handshake, run `send(ws)`, read until closed: (error text received, close code)."""
     error = None
