@@ -119,3 +119,17 @@ def test_a_real_server_over_https_with_a_token(server_repo, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_port_in_use_is_a_clean_error(server_repo, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = cli.main(["serve", "--model", str(server_repo), "--port", str(port), "--max-sessions", "1",
+                         "--threads", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot listen on 127.0.0.1:{port}" in err and "address already in use" in err
