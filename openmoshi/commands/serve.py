@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     srv.add_argument("--step-ms", type=common.non_negative_float, default=None, metavar="MS",
                      help="milliseconds between steps (default: the model's frame, 80; 0: as fast as possible, "
                           "for benchmarks)")
+    srv.add_argument("--drain-timeout", type=common.non_negative_float, default=300.0, metavar="SECONDS",
+                     help="on SIGTERM, take no new conversations and wait this long at most for the open ones to "
+                          "end (default 300)")
     srv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="logging level (default info: one line per connection opened and closed)")
     add_sampling_arguments(parser)
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace, models, token: str | None, ctx, threads: int, 
                  sessions, threads, scheme, shown, port, ", token required" if token else "")
 
     try:
-        asyncio.run(serve_forever(app, args.host, args.port, ctx, started))
+        asyncio.run(serve_forever(app, args.host, args.port, ctx, started, args.drain_timeout))
     except KeyboardInterrupt:
         log.info("stopped")
     except OSError as err:

@@ -1,9 +1,9 @@
 """The aiohttp application of `openmoshi serve`: routes, shared state, startup and shutdown.
 
 Routes: `GET /api/chat` (the websocket, connection.py), `GET /api/health` (200 "ok" while the engine runs, 503
-otherwise: for load balancers), `GET /api/status` (JSON: sessions in use and free, step-time percentiles, the
-model), `GET /` (the web page, openmoshi/server/static/index.html) and the page's other files at `/static/...` or
-at the top level (`/app.js`).
+otherwise or while draining: for load balancers), `GET /api/status` (JSON: sessions in use and free, step-time
+percentiles, the model), `GET /` (the web page, openmoshi/server/static/index.html) and the page's other files at
+`/static/...` or at the top level (`/app.js`).
 
 `build_app(mimi, lm, tokenizer, config)` builds everything from loaded models and a `ServerConfig`, with no port:
 tests drive it with aiohttp's test client; `runner.py` puts it on a socket. The engine's worker thread starts
@@ -88,6 +88,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _health(request: web.Request) -> web.Response:
+    if request.app[ENGINE].draining:
+        return web.Response(status=503, text="draining\n")
     if request.app[ENGINE].running:
         return web.Response(text="ok\n")
     return web.Response(status=503, text="engine not running\n")

@@ -75,6 +75,8 @@ class ChatConnection:
         ending = Ending("closed")
         try:
             ending = await self._converse()
+        except ConnectionError as err:  # the client went away while we wrote (handshake, metadata): its doing
+            ending = Ending(f"the connection was lost ({type(err).__name__})")
         except asyncio.CancelledError:
             ending = Ending("the server is shutting down", "the server is shutting down")
             raise

@@ -28,11 +28,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .config import EngineConfig
+from .conversation import Conversation, deliver, joined, percentiles, sampling_with, wake
 from .protocol import SessionParams
 
 log = logging.getLogger("openmoshi.server")
@@ -40,43 +40,6 @@ log = logging.getLogger("openmoshi.server")
 
 class ServerFull(RuntimeError):
     """Every row is taken."""
-
-
-@dataclass(eq=False)  # identity: a conversation is equal only to itself
-class Conversation:
-    """One conversation (one row). Counters are read by the connection's log line and /api/status."""
-
-    id: int
-    row: int
-    peer: str
-    text_sampling: object
-    audio_sampling: object
-    seed: int
-    audio_seed: int | None
-    inbox: collections.deque = field(default_factory=collections.deque)  # user frames [frame_size], engine lock
-    outbox: collections.deque = field(default_factory=collections.deque)  # (pcm [frame_size], [tokens]), loop only
-    opened: float = field(default_factory=time.monotonic)
-    ready: asyncio.Future | None = None  # set on the loop once the row has joined
-    wake: asyncio.Event | None = None  # set on the loop when the outbox grows or the conversation ends
-    end_reason: str | None = None  # set when the engine ends it (server error, shutdown)
-    steps: int = 0
-    frames_in: int = 0
-    dropped_in: int = 0
-    silence_fills: int = 0
-    dropped_out: int = 0
-    _pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-    _closing: bool = False  # close() was called (or the engine ended it)
-    _released: bool = False  # its row is back in the free list
-
-    def summary(self) -> str:
-        return (f"{self.steps} steps, {self.frames_in} frames in, {self.silence_fills} filled with silence, "
-                f"{self.dropped_in} input frames dropped, {self.dropped_out} output frames dropped")
-
-
-def percentiles(values, qs=(50, 90, 99)) -> dict[str, float | None]:
-    """{"p50": ms, ...} of a sequence of seconds (None when empty)."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    return {f"p{q}": (round(float(np.percentile(arr, q)) * 1000, 3) if arr.size else None) for q in qs}
 
 
 class Engine:
@@ -102,6 +65,7 @@ class Engine:
         self._free = list(range(config.max_sessions))  # rows no conversation holds (lock)
         self._joining: list[Conversation] = []  # opened, not joined yet (lock)
         self._leaving: list[Conversation] = []  # closed, row not left yet (lock)
+        self.draining = False  # set by `drain()`: no new conversations, the open ones go on
         self._applying = False  # the worker holds joins/leaves taken from the lists above (lock)
         self._active: dict[int, Conversation] = {}  # row -> conversation (worker thread; copies under lock)
         self._ids = itertools.count(1)
@@ -148,11 +112,13 @@ class Engine:
     def open(self, peer: str, params: SessionParams) -> Conversation:
         """Reserve a row for a new conversation (ServerFull when none is free); it joins before the next step and
         then `conversation.ready` is set. Call on the event loop."""
-        text = _sampling(self.text_sampling, params.text_temperature, params.text_topk)
-        audio = _sampling(self.audio_sampling, params.audio_temperature, params.audio_topk)
+        text = sampling_with(self.text_sampling, params.text_temperature, params.text_topk)
+        audio = sampling_with(self.audio_sampling, params.audio_temperature, params.audio_topk)
         with self._cond:
             if self._stopping:
                 raise ServerFull("the server is shutting down")
+            if self.draining:
+                raise ServerFull("server draining: it takes no new conversations (try another replica)")
             row = self._take_row()
             cid = next(self._ids)
             seed = params.text_seed
@@ -237,6 +203,11 @@ class Engine:
             self._free.sort()
             self.closed += 1
 
+    def drain(self) -> None:
+        """Take no new conversations (they get "server draining"; /api/health says 503); the open ones go on."""
+        with self._cond:
+            self.draining = True
+
     def live_conversations(self) -> int:
         """Conversation objects still referenced anywhere (after gc.collect(): 0 once every client is gone)."""
         return len(self._live)
@@ -249,7 +220,7 @@ class Engine:
             times = list(self.step_times)
         return {
             "sessions_max": self.config.max_sessions, "sessions_in_use": self.config.max_sessions - free,
-            "sessions_free": free, "joining": joining, "leaving": leaving,
+            "sessions_free": free, "draining": self.draining, "joining": joining, "leaving": leaving,
             "conversations_opened": self.opened, "conversations_closed": self.closed,
             "steps": self.steps, "late_steps": self.late_steps,
             "step_period_ms": round(self.period * 1000, 3), "frame_ms": round(self.frame_seconds * 1000, 3),
@@ -317,7 +288,7 @@ class Engine:
                 conv.end_reason = conv.end_reason or "the server is shutting down"
                 conv._closing = True
                 self._release(conv)
-                self._post(_wake, conv)
+                self._post(wake, conv)
 
     def _apply(self, joining: list[Conversation], leaving: list[Conversation]) -> None:
         for conv in leaving:
@@ -336,10 +307,10 @@ class Engine:
                 with self._cond:
                     conv._closing = True
                     self._release(conv)
-                self._post(_wake, conv)
+                self._post(wake, conv)
                 continue
             self._active[conv.row] = conv
-            self._post(_joined, conv)
+            self._post(joined, conv)
 
     def _step(self, frames: dict[int, np.ndarray | None]) -> None:
         import torch
@@ -368,11 +339,10 @@ class Engine:
             if frames.get(row) is None:
                 conv.silence_fills += 1
             deliveries.append((conv, out_pcm[row].copy(), tokens))
-        self._post(_deliver, deliveries, self.config.max_output_frames)
+        self._post(deliver, deliveries, self.config.max_output_frames)
 
     def _fail_all(self, reason: str) -> None:
         for row, conv in list(self._active.items()):
-            conv.end_reason = reason
             try:
                 self.session.leave(row)
             except Exception:  # the session itself may be what failed
@@ -381,7 +351,8 @@ class Engine:
             with self._cond:
                 conv._closing = True
                 self._release(conv)
-            self._post(_wake, conv)
+            conv.end_reason = reason  # after the release: whoever sees it can open a new conversation at once
+            self._post(wake, conv)
 
     def _post(self, fn, *args) -> None:
         loop = self._loop
@@ -390,38 +361,3 @@ class Engine:
                 loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # the loop closed meanwhile
                 pass
-
-
-# ---- callbacks run on the event loop ------------------------------------------------------------------------
-def _joined(conv: Conversation) -> None:
-    if conv.ready is not None and not conv.ready.done():
-        conv.ready.set_result(True)
-    _wake(conv)
-
-
-def _wake(conv: Conversation) -> None:
-    if conv.ready is not None and not conv.ready.done() and conv.end_reason is not None:
-        conv.ready.set_result(False)
-    if conv.wake is not None:
-        conv.wake.set()
-
-
-def _deliver(deliveries: list, max_frames: int) -> None:
-    for conv, pcm, tokens in deliveries:
-        if conv._closing:
-            continue
-        conv.outbox.append((pcm, tokens))
-        while len(conv.outbox) > max_frames:
-            conv.outbox.popleft()
-            conv.dropped_out += 1
-        _wake(conv)
-
-
-def _sampling(default, temperature: float | None, top_k: int | None):
-    """The server's default with the query's overrides (a given temperature turns `greedy` off)."""
-    changes: dict = {}
-    if temperature is not None:
-        changes.update(temperature=temperature, greedy=False)
-    if top_k is not None:
-        changes["top_k"] = top_k
-    return replace(default, **changes) if changes else default

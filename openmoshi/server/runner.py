@@ -5,6 +5,8 @@ programs that embed a server (its own event loop in a thread; `with BackgroundSe
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import ssl
 import threading
 
@@ -12,6 +14,8 @@ from aiohttp import web
 
 from .app import ENGINE, build_app
 from .config import ServerConfig
+
+log = logging.getLogger("openmoshi.server")
 
 
 async def start_site(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
@@ -35,14 +39,48 @@ async def start_site(app: web.Application, host: str, port: int, ssl_context: ss
 
 
 async def serve_forever(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-                        started=None) -> None:
-    """Serve until cancelled (Ctrl-C in the command). `started(port)` is called once the socket listens."""
+                        started=None, drain_timeout: float = 300.0) -> None:
+    """Serve until cancelled (Ctrl-C in the command) or drained. `started(port)` is called once the socket listens.
+
+    SIGTERM drains: no new conversations (/api/health answers 503, new clients get "server draining"), the open
+    ones go on; the server exits when the last one ends, or after `drain_timeout` seconds (those left get "the
+    server is shutting down").
+    """
     runner, bound = await start_site(app, host, port, ssl_context)
+    loop = asyncio.get_running_loop()
+    drained = asyncio.Event()
+    engine = app[ENGINE]
+
+    async def drain() -> None:
+        engine.drain()
+        log.info("SIGTERM: draining (%d conversations open, at most %g s)",
+                 engine.stats()["sessions_in_use"], drain_timeout)
+        deadline = loop.time() + drain_timeout
+        while engine.stats()["sessions_in_use"] and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+        log.info("drained" if not engine.stats()["sessions_in_use"] else "drain timeout: closing what is left")
+        drained.set()
+
+    tasks: set[asyncio.Task] = set()
+
+    def on_term() -> None:
+        if not engine.draining:
+            task = loop.create_task(drain())
+            tasks.add(task)  # a reference until it ends
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not on this platform
+        pass
     try:
         if started is not None:
             started(bound)
-        await asyncio.Event().wait()
+        await drained.wait()
     finally:
+        try:
+            loop.remove_signal_handler(signal.SIGTERM)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
         await runner.cleanup()
 
 

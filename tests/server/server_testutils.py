@@ -128,3 +128,16 @@ def ws_frame(payload: bytes, opcode: int = 0x2) -> bytes:
     mask = os.urandom(4)
     body = np.frombuffer(payload, dtype=np.uint8) ^ np.resize(np.frombuffer(mask, dtype=np.uint8), n)
     return head + mask + body.tobytes()
+
+
+def settle(srv, timeout: float = 10.0) -> None:
+    """Wait until every websocket handler of a BackgroundServer finished and the engine applied every leave."""
+    import time
+
+    from openmoshi.server.app import STATE
+
+    deadline = time.monotonic() + timeout
+    while srv.app[STATE]["connections"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not srv.app[STATE]["connections"], "websocket handlers still running"
+    assert srv.engine.wait_settled(max(0.1, deadline - time.monotonic()))

@@ -13,7 +13,8 @@ from server_testutils import build_server_repo, load_server_models, user_audio
 
 from openmoshi.inference.sampling import SamplingConfig
 from openmoshi.server.config import EngineConfig
-from openmoshi.server.engine import Engine, ServerFull, _sampling
+from openmoshi.server.conversation import sampling_with as _sampling
+from openmoshi.server.engine import Engine, ServerFull
 from openmoshi.server.protocol import SessionParams
 
 

@@ -1,5 +1,5 @@
 """`openmoshi serve` as a user runs it: flag errors before anything loads, and a real process over HTTPS with a
-self-signed certificate and a token (log lines, health, a conversation's handshake, Ctrl-C)."""
+self-signed certificate and a token (log lines, health, a conversation's handshake, draining on SIGTERM)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -86,13 +87,49 @@ def test_a_real_server_over_https_with_a_token(server_repo, tmp_path):
         assert asyncio.run(chat("t0ken")).kind is protocol.Kind.HANDSHAKE
         refused = asyncio.run(chat(None))
         assert refused.kind is protocol.Kind.ERROR and refused.data == "unauthorized: missing or wrong token"
-        proc.send_signal(signal.SIGINT)
+
+        def health() -> int:
+            try:
+                return urllib.request.urlopen(f"https://localhost:{port}/api/health", context=ctx, timeout=30).status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        async def drain():  # SIGTERM with a conversation open: no new ones, the open one goes on, then exit
+            url = f"wss://localhost:{port}/api/chat?token=t0ken"
+            async with aiohttp.ClientSession() as session, session.ws_connect(url, ssl=ctx) as held:
+                assert (await asyncio.wait_for(held.receive(), 60)).data == b"\x00"
+                proc.send_signal(signal.SIGTERM)
+                loop = asyncio.get_running_loop()
+                for _ in range(300):
+                    if await loop.run_in_executor(None, health) == 503:
+                        break
+                    await asyncio.sleep(0.1)
+                refused = await chat("t0ken")
+                assert refused.kind is protocol.Kind.ERROR and refused.data.startswith("server draining")
+                assert proc.poll() is None and not held.closed
+
+        asyncio.run(drain())
         assert proc.wait(60) == 0
         reader.join(10)
         log = "".join(lines)
         assert re.search(r"conversation 1 from 127\.0\.0\.1 closed after [\d.]+ s: the client closed", log)
-        assert "refused: missing or wrong token" in log and "Traceback" not in log
+        assert "refused: missing or wrong token" in log and "SIGTERM: draining (1 conversations open" in log
+        assert "drained" in log and "Traceback" not in log
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_port_in_use_is_a_clean_error(server_repo, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = cli.main(["serve", "--model", str(server_repo), "--port", str(port), "--max-sessions", "1",
+                         "--threads", "1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot listen on 127.0.0.1:{port}" in err and "address already in use" in err

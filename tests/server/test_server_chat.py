@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import aiohttp
-from server_testutils import talk, user_audio
+from server_testutils import settle, talk, user_audio
 
 from openmoshi.server.protocol import Kind, decode
 
@@ -33,7 +33,7 @@ def test_handshake_audio_and_text_come_back(make_server):
     assert res.metadata["sample_rate"] == 24000 and res.metadata["model"] == "tiny-test"
     assert res.samples >= FRAMES * 1920 and Kind.AUDIO in res.kinds
     assert res.text, "the tiny model's text pieces come back"
-    assert srv.engine.wait_settled()
+    settle(srv)
     stats = srv.engine.stats()
     assert stats["sessions_free"] == 2 and stats["conversations_closed"] == 1
     assert stats["steps"] >= FRAMES
@@ -50,7 +50,8 @@ def test_seeded_conversation_same_alone_and_beside_another(make_server):
     mine, other = _run(both())
     assert alone.text and mine.text == alone.text
     assert other.text != mine.text  # its own conversation, not a copy of the neighbour's
-    assert srv.engine.wait_settled() and srv.engine.stats()["sessions_free"] == 2
+    settle(srv)
+    assert srv.engine.stats()["sessions_free"] == 2
 
 
 def test_health_status_and_page(make_server):
