@@ -11,8 +11,15 @@ from openmoshi import cli
 def test_no_command_prints_help_and_fails(capsys):
     assert cli.main([]) == 2
     out = capsys.readouterr().out
-    for name in cli.COMMANDS:
+    for name in [*cli.COMMANDS, *cli.GROUPS]:
         assert name in out
+
+
+def test_group_without_subcommand_prints_its_help(capsys):
+    for group, (_, subcommands) in cli.GROUPS.items():
+        assert cli.main([group]) == 2
+        out = capsys.readouterr().out
+        assert all(sub in out for sub in subcommands), group
 
 
 def test_unknown_command_is_an_error(capsys):
@@ -25,7 +32,10 @@ def test_unknown_command_is_an_error(capsys):
 def test_every_command_module_has_the_interface():
     import importlib
 
-    for name, (module_name, _) in cli.COMMANDS.items():
+    modules = [(name, module_name) for name, (module_name, _) in cli.COMMANDS.items()]
+    modules += [(f"{group} {sub}", module_name) for group, (_, subs) in cli.GROUPS.items()
+                for sub, (module_name, _) in subs.items()]
+    for name, module_name in modules:
         module = importlib.import_module(module_name)
         assert callable(module.add_arguments), name
         assert callable(module.main), name
@@ -52,11 +62,12 @@ print("ok")
 
 def test_every_command_help_is_instant_without_torch():
     """Each command's --help (and each codec action's) in a fresh process: torch is never imported."""
-    argvs = [[name] for name in cli.COMMANDS] + [["codec", "encode"], ["codec", "decode"]]
+    groups = [[group, sub] for group, (_, subs) in cli.GROUPS.items() for sub in subs]
+    argvs = [[name] for name in cli.COMMANDS] + [["codec", "encode"], ["codec", "decode"]] + groups
     out = subprocess.run([sys.executable, "-c", HELP_RUNNER.format(argvs=argvs)], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
-    for name in cli.COMMANDS:
-        assert f"usage: openmoshi {name}" in out.stdout
+    for argv in [[name] for name in cli.COMMANDS] + groups:
+        assert f"usage: openmoshi {' '.join(argv)}" in out.stdout
 
 
 def test_usage_errors_start_with_error(capsys):
