@@ -1,0 +1,1 @@
+"""Training: the language model and the codec (configs, steps, losses, checkpoints)."""
