@@ -52,6 +52,9 @@ class CodecLossConfig:
     balancer_total_norm: float = 1.0
     balancer_ema_decay: float = 0.999
     unquantized_share: float = 0.5  # rows decoded from the unquantized latent (Mimi: 50%)
+    # Steps before the generator listens to the discriminator (which trains from step 0): an untrained
+    # discriminator's gradient is noise, and the balancer would give it its full share.
+    adversarial_start: int = 0
     grad_clip: float = 0.0  # max gradient norm of each optimiser's parameters; 0 = no clipping
     mel_scales: MelLossConfig = field(default_factory=MelLossConfig)
 
@@ -60,6 +63,8 @@ class CodecLossConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
+        if self.adversarial_start < 0:
+            raise ValueError(f"adversarial_start must be >= 0, got {self.adversarial_start}")
         if not 0 <= self.unquantized_share <= 1:
             raise ValueError(f"unquantized_share must be in [0, 1], got {self.unquantized_share}")
         if self.mel + self.l1 + self.adversarial + self.feature_matching <= 0:
@@ -123,23 +128,30 @@ def codec_optimizers(parts: CodecParts, lr: float = 8e-4, betas: tuple[float, fl
     params = list(parts.mimi.parameters())
     if parts.distillation is not None:
         params += list(parts.distillation.parameters())
-    codec = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    # `base_lr`: the schedule (train/optim.py `set_lr`) scales each group's base learning rate.
+    codec = torch.optim.AdamW([{"params": params, "base_lr": lr}], lr=lr, betas=betas, weight_decay=weight_decay)
     disc = None
     if parts.discriminator is not None:
-        disc = torch.optim.AdamW(parts.discriminator.parameters(), lr=discriminator_lr or lr, betas=betas,
-                                 weight_decay=weight_decay)
+        d_lr = discriminator_lr or lr
+        disc = torch.optim.AdamW([{"params": list(parts.discriminator.parameters()), "base_lr": d_lr}], lr=d_lr,
+                                 betas=betas, weight_decay=weight_decay)
     return CodecOptimizers(codec, disc)
 
 
 def _clip(params, max_norm: float) -> float:
-    return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm)) if max_norm > 0 else float("nan")
+    if max_norm <= 0:
+        return float("nan")
+    norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded (FSDP2) grads
 
 
-def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cfg: CodecLossConfig
-               ) -> dict[str, float]:
+def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cfg: CodecLossConfig,
+               step: int | None = None) -> dict[str, float]:
     """One generator + discriminator update. Returns floats: each loss computed, `generator` (the weighted sum
     of the generator's losses, as reported, not as balanced), `discriminator`, `perplexity` (mean over levels of
-    the codes' perplexity in the batch), `dead_codes` (entries below the dead-code threshold, all levels)."""
+    the codes' perplexity in the batch), `dead_codes` (entries below the dead-code threshold, all levels).
+    `step` (0-based; None: past any warm-up): before `cfg.adversarial_start` the generator ignores the
+    discriminator, which still trains."""
     mimi, wav = parts.mimi, batch.wav
     if wav.dim() != 3 or wav.shape[1] != 1:
         raise ValueError(f"batch.wav must be [B, 1, T], got {tuple(wav.shape)}")
@@ -156,7 +168,8 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
         losses["mel"] = parts.mel_loss(recon, wav)
     if cfg.l1 > 0:
         losses["l1"] = waveform_l1(recon, wav)
-    if disc is not None:
+    listen = step is None or step >= cfg.adversarial_start
+    if disc is not None and listen:
         fake = disc(recon)
         if cfg.adversarial > 0:
             losses["adversarial"] = hinge_generator_loss(fake.logits)

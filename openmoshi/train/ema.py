@@ -59,6 +59,14 @@ class WeightEMA:
         for name, p in model.named_parameters():
             p.copy_(self.shadow[name].to(p.dtype))
 
+    def as_module(self) -> nn.Module:
+        """A module whose buffers are the shadow tensors themselves (names with '.' -> '__'), so a trainer
+        checkpoints and restores the average like any model (loading copies into the shadow in place)."""
+        holder = nn.Module()
+        for name, t in self.shadow.items():
+            holder.register_buffer(name.replace(".", "__"), t)
+        return holder
+
     def state_dict(self) -> dict[str, object]:
         return {"decay": self.decay, "steps": self.steps, "shadow": self.shadow}
 

@@ -102,3 +102,21 @@ def test_user_mistakes_are_clear_errors(tmp_path, capsys) -> None:
     assert cli_main([*base, str(audio), "--out", str(tmp_path / "r"), "-k", "2"]) == 0
     figures = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert figures["summary"][0]["wer"] is None and np.isfinite(figures["summary"][0]["means"]["mel_distance"])
+
+
+def test_model_folder_of_an_export(tmp_path, capsys) -> None:
+    """--model FOLDER: an export of ours (Kyutai's names, config.json with the Mimi config)."""
+    from openmoshi.train.codec_export import export_codec
+
+    torch.manual_seed(1)
+    mimi = Mimi(MimiConfig.tiny())
+    mimi.init_weights()
+    export_codec(tmp_path / "export", mimi.state_dict(), mimi.cfg)
+    audio = tmp_path / "audio"
+    _speech(audio)
+    out = tmp_path / "r"
+    assert cli_main(["eval", "codec", str(audio), "--out", str(out), "--model", str(tmp_path / "export"),
+                     "--no-wer", "--no-progress", "--threads", "1"]) == 0, capsys.readouterr().err
+    figures = json.loads((out / "metrics.json").read_text())
+    assert [s["num_codebooks"] for s in figures["summary"]] == [1, 2, 4, 8]  # default: powers of 2 up to all
+    assert "export" in figures["model"]

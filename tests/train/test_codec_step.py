@@ -111,3 +111,20 @@ def test_weight_ema_average_copy_and_state() -> None:
     assert warm.current_decay() == pytest.approx(0.1)
     with pytest.raises(ValueError, match="does not fit"):
         WeightEMA(torch.nn.Conv1d(1, 1, 1)).load_state_dict(ema.state_dict())
+
+
+def test_generator_ignores_the_discriminator_before_adversarial_start() -> None:
+    torch.manual_seed(2)
+    mimi = Mimi(MimiConfig.tiny())
+    disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig.tiny())
+    cfg = CodecLossConfig(adversarial_start=3)
+    parts = codec_parts(mimi, cfg, disc, ema_decay=None)
+    optims = codec_optimizers(parts)
+    wav = torch.randn(2, 1, 480) * 0.1
+    before = [p.detach().clone() for p in disc.parameters()]
+    early = codec_step(parts, optims, CodecBatch(wav), cfg, step=2)
+    assert "adversarial" not in early and "feature_matching" not in early and "discriminator" in early
+    assert set(parts.balancer.norms) == {"mel"}  # the mel loss had the whole gradient
+    assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))  # disc trained
+    late = codec_step(parts, optims, CodecBatch(wav), cfg, step=3)
+    assert {"adversarial", "feature_matching"} <= set(late)
