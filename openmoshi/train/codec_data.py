@@ -8,8 +8,10 @@ paths relative to the manifest's folder; the shared dataset format). Each batch 
 - augmentation: a random gain in `gain_db` (dB) and, with probability `noise_prob`, white noise at a random SNR
   in `noise_snr_db`; the result is scaled down if it would clip.
 
-The draws of step s on rank r depend only on (seed, r, s): `state_dict()` is the step count, and a resumed run
-reads the same crops as an uninterrupted one. Only the crop is read from disk (soundfile seeks), so long files
+Row i of the global batch at step s is drawn from its own generator seeded (seed, s, i), and each rank reads
+its own rows of that global batch: the crops do not depend on the number of processes (a global batch split
+over ranks is the batch of one process), and `state_dict()` is the step count alone (a resumed run reads the
+same crops as an uninterrupted one). Only the crop is read from disk (soundfile seeks), so long files
 cost nothing extra.
 """
 
@@ -92,7 +94,8 @@ def list_audio(source: str | Path) -> list[Path]:
 
 
 class AudioCrops:
-    """Batches [B, 1, T] of random crops (T = segment_seconds * sample_rate), endlessly."""
+    """This rank's batches [B, 1, T] of random crops (T = segment_seconds * sample_rate), endlessly; `batch_size`
+    is the per-rank batch (the global batch is batch_size * world_size)."""
 
     def __init__(self, source: str | Path, cfg: CodecDataConfig, sample_rate: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
@@ -141,9 +144,10 @@ class AudioCrops:
         return audio.astype(np.float32)
 
     def next_batch(self) -> Tensor:
-        rng = np.random.default_rng([self.seed, self.rank, self.step])
+        first = self.rank * self.batch_size
+        rows = [self._crop(np.random.default_rng([self.seed, self.step, first + i])) for i in range(self.batch_size)]
         self.step += 1
-        return torch.from_numpy(np.stack([self._crop(rng) for _ in range(self.batch_size)]))[:, None]
+        return torch.from_numpy(np.stack(rows))[:, None]
 
     def __iter__(self) -> Iterator[Tensor]:
         while True:

@@ -33,8 +33,11 @@ def test_crops_shapes_loudness_and_resume(tmp_path) -> None:
     again = AudioCrops(tmp_path / "a", cfg, 24_000, batch_size=4, seed=3)
     again.load_state_dict({"step": 2})
     assert np.array_equal(again.next_batch().numpy(), batches[2].numpy())
-    other_rank = AudioCrops(tmp_path / "a", cfg, 24_000, batch_size=4, seed=3, rank=1)
-    assert not np.array_equal(other_rank.next_batch().numpy(), batches[0].numpy())
+    # Two ranks of 2 rows read the global batch of one process of 4.
+    halves = [AudioCrops(tmp_path / "a", cfg, 24_000, batch_size=2, seed=3, rank=r, world_size=2).next_batch()
+              for r in (0, 1)]
+    assert np.array_equal(np.concatenate([h.numpy() for h in halves]), batches[0].numpy())
+    assert not np.array_equal(halves[0].numpy(), halves[1].numpy())
 
 
 def test_augmentation_gain_noise_and_no_clipping(tmp_path) -> None:
