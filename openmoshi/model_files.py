@@ -13,6 +13,9 @@ Repos are fetched with `huggingface_hub.hf_hub_download` (its cache, tokens, `HF
 minute of retries. A file that cannot be found, offline or not, raises `ModelFilesError` listing every missing
 file, why, and how to provide it.
 
+LoRA adapters (`--lora FILE`, or config.json's `"lora": true` with `lora_name`, `lora_rank`, `lora_scaling`, as
+Kyutai's loader reads them) are found here too (`ModelFiles.lora`) and applied by `inference.models.load_models`.
+
 Our extension to config.json: an optional `"mimi"` object of `MimiConfig` overrides (a smaller codec, for tests,
 see `codec/presets.py`); Kyutai's repos never have it and get the released Mimi.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +40,22 @@ ROLES = ("moshi", "mimi", "tokenizer")
 ROLE_NAMES = {"moshi": "language model", "mimi": "Mimi codec", "tokenizer": "text tokenizer"}
 # The flags of `openmoshi chat` (add_model_arguments); commands with other flags pass theirs to the resolver.
 DEFAULT_FLAGS = {"moshi": "--moshi-weight", "mimi": "--mimi-weight", "tokenizer": "--tokenizer",
-                 "config": "--config", "model": "--model"}
+                 "config": "--config", "model": "--model", "lora": "--lora"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelFilesError(FileNotFoundError):
     """A model's files cannot be found; the message lists what is missing and how to provide it."""
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """LoRA adapters to run the LM with: the file, and the rank / scaling a config.json states (None: not stated;
+    `lm.lora.load_lora` then takes them from the file, and checks them against it)."""
+
+    path: Path
+    rank: int | None = None
+    scaling: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class ModelFiles:
     repo_config: KyutaiRepoConfig
     mimi_overrides: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
+    lora: LoraFile | None = None
 
 
 def is_repo_id(name: str) -> bool:
@@ -65,6 +79,31 @@ def is_repo_id(name: str) -> bool:
 
 def read_model_config(path: Path) -> tuple[KyutaiRepoConfig, dict[str, Any]]:
     """(repo config, Mimi overrides) of a config.json; ValueError naming the file and the problem."""
+    repo_cfg, mimi, _ = _read_config(path)
+    return repo_cfg, mimi
+
+
+def _lora_settings(raw: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """Pop Kyutai's LoRA keys: {"name", "rank", "scaling"} when `"lora": true` (None otherwise)."""
+    lora = raw.pop("lora", False)
+    keys = {k: raw.pop(k) for k in ("lora_name", "lora_rank", "lora_scaling") if k in raw}
+    if lora is False:
+        return None
+    problems = [] if lora is True else [f"lora={lora!r} (must be true or false)"]
+    name, rank, scaling = keys.get("lora_name"), keys.get("lora_rank"), keys.get("lora_scaling")
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        problems.append(f"lora_name={name!r} (must be a file name)")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        problems.append(f"lora_rank={rank!r} (must be an integer >= 1)")
+    if scaling is not None and (isinstance(scaling, bool) or not isinstance(scaling, int | float)
+                                or scaling != scaling or abs(scaling) == float("inf")):
+        problems.append(f"lora_scaling={scaling!r} (must be a finite number)")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return {"name": name, "rank": rank, "scaling": None if scaling is None else float(scaling)}
+
+
+def _read_config(path: Path) -> tuple[KyutaiRepoConfig, dict[str, Any], dict[str, Any] | None]:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -76,8 +115,9 @@ def read_model_config(path: Path) -> tuple[KyutaiRepoConfig, dict[str, Any]]:
         mimi = {}
     if not isinstance(mimi, dict):
         raise ValueError(f"model config {path}: 'mimi' must be an object of MimiConfig fields")
+    lora = _lora_settings(raw, path)
     try:
-        return parse_kyutai_config(raw), mimi
+        return parse_kyutai_config(raw), mimi, lora
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
@@ -95,12 +135,47 @@ def _message(source: str, missing: list[tuple[str, str]], hint: str) -> str:
     return "\n".join([f"model files missing for {source}:", *(f"  - {what}: {why}" for what, why in missing), hint])
 
 
+def _find_lora(settings: dict[str, Any] | None, given: str | None, locate: Callable[[str], tuple[Path | None, str]],
+               config: Path | str | None, roles: tuple[str, ...], flags: Mapping[str, str]) -> LoraFile | None:
+    """The adapters to run with: `given` (--lora) or config.json's `lora_name` (found by `locate`), with the
+    rank / scaling config.json states; None without either, or when the LM is not among the wanted roles."""
+    if "moshi" not in roles:
+        return None
+    flag = flags.get("lora") or "--lora"
+    rank = settings["rank"] if settings else None
+    scaling = settings["scaling"] if settings else None
+    if given:
+        path = Path(given).expanduser()
+        if path.is_dir():  # a run or checkpoint folder: its lora.safetensors (moshi-finetune's name and ours)
+            path = path / "lora.safetensors"
+        if not path.is_file():
+            raise ModelFilesError(f"LoRA adapter file not found: {path} (given with {flag})")
+        return LoraFile(path, rank, scaling)
+    if settings is None:
+        return None
+    if not settings["name"]:
+        raise ModelFilesError(f'{config} says "lora": true but names no adapter file (lora_name): pass {flag} FILE')
+    found, problem = locate(settings["name"])
+    if found is None:
+        raise ModelFilesError(f"LoRA adapters {settings['name']} (lora_name of {config}): {problem}; "
+                              f"pass {flag} FILE")
+    return LoraFile(found, rank, scaling)
+
+
+def _local(folder: Path) -> Callable[[str], tuple[Path | None, str]]:
+    def locate(name: str) -> tuple[Path | None, str]:
+        path = folder / name
+        return (path, "") if path.is_file() else (None, f"{path} does not exist")
+    return locate
+
+
 def _resolve_folder(folder: Path, explicit: dict[str, str | None], roles: tuple[str, ...],
-                    flags: Mapping[str, str]) -> ModelFiles:
+                    flags: Mapping[str, str], lora: str | None = None) -> ModelFiles:
     if not folder.is_dir():
         raise ModelFilesError(f"model folder not found: {folder}")
     config_path = Path(explicit["config"]) if explicit["config"] else folder / CONFIG_NAME
-    repo_cfg, mimi = read_model_config(config_path) if config_path.is_file() else (parse_kyutai_config(None), {})
+    repo_cfg, mimi, lora_cfg = _read_config(config_path) if config_path.is_file() else \
+        (parse_kyutai_config(None), {}, None)
     paths: dict[str, Path | None] = dict.fromkeys(ROLES)
     missing: list[tuple[str, str]] = []
     for role in roles:
@@ -115,8 +190,9 @@ def _resolve_folder(folder: Path, explicit: dict[str, str | None], roles: tuple[
                 f"mimi_name / tokenizer_name say){_flags_hint(roles, flags)}"
                 + (f", or pass {mf} {DEFAULT_REPO} to fetch them from the hub." if mf else "."))
         raise ModelFilesError(_message(str(folder), missing, hint))
+    found = _find_lora(lora_cfg, lora, _local(folder), config_path, roles, flags)
     return ModelFiles(str(folder), paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi,
-                      config_path if config_path.is_file() else None)
+                      config_path if config_path.is_file() else None, found)
 
 
 def _file_name(cfg: KyutaiRepoConfig, role: str) -> str:
@@ -145,14 +221,14 @@ def _hub_fetch(repo: str, filename: str, revision: str | None, offline: str | No
 
 
 def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | None, roles: tuple[str, ...],
-                  flags: Mapping[str, str]) -> ModelFiles:
+                  flags: Mapping[str, str], lora: str | None = None) -> ModelFiles:
     config_problem: str | None = None
     offline = hub.hub_unreachable()
     if explicit["config"]:
         config_path: Path | None = Path(explicit["config"])
     else:
         config_path, config_problem = _hub_fetch(repo, CONFIG_NAME, revision, offline)
-    repo_cfg, mimi = read_model_config(config_path) if config_path else (parse_kyutai_config(None), {})
+    repo_cfg, mimi, lora_cfg = _read_config(config_path) if config_path else (parse_kyutai_config(None), {}, None)
     paths: dict[str, Path | None] = dict.fromkeys(ROLES)
     missing: list[tuple[str, str]] = []
     for role in roles:
@@ -177,7 +253,14 @@ def _resolve_repo(repo: str, explicit: dict[str, str | None], revision: str | No
                 f"huggingface_hub), copy FOLDER here and pass "
                 + (f"{mf} FOLDER{_flags_hint(roles, flags)}." if mf else f"each file with {_flag_list(roles, flags)}."))
         raise ModelFilesError(_message(repo, missing, hint))
-    return ModelFiles(repo, paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi, config_path)
+
+    def fetch(name: str) -> tuple[Path | None, str]:
+        found, problem = _hub_fetch(repo, name, revision, offline)
+        return found, f"{name} from https://huggingface.co/{repo}: {problem}"
+
+    found_lora = _find_lora(lora_cfg, lora, fetch, config_path, roles, flags)
+    return ModelFiles(repo, paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi, config_path,
+                      found_lora)
 
 
 def resolve_model_files(
@@ -190,12 +273,14 @@ def resolve_model_files(
     revision: str | None = None,
     roles: Iterable[str] = ROLES,
     flags: Mapping[str, str] | None = None,
+    lora: str | None = None,
 ) -> ModelFiles:
     """Find a model's files: `model` is a local folder or a hub repo id (None: Kyutai's moshiko).
 
     `roles`: the files wanted ("moshi", "mimi", "tokenizer"); the others are not looked for (None in the result).
     Explicit file paths replace the folder's or repo's files one by one (they are not downloaded); when every
     wanted file is given explicitly, nothing is fetched. `flags`: the command's flag names for the messages.
+    `lora`: a LoRA adapter file (replaces the one config.json names with `"lora": true`; only with the LM role).
     Raises ModelFilesError (files) or ValueError (a config.json that cannot be used).
     """
     roles = tuple(roles)
@@ -209,21 +294,22 @@ def resolve_model_files(
         explicit["config"] = str(Path(config).expanduser())
     name = model or DEFAULT_REPO
     if model is None and all(explicit[r] for r in roles):
-        return _all_explicit(explicit, roles)
+        return _all_explicit(explicit, roles, flags, lora)
     local = Path(name).expanduser()
     if local.exists():
-        return _resolve_folder(local, explicit, roles, flags)
+        return _resolve_folder(local, explicit, roles, flags, lora)
     if is_repo_id(name):
-        return _resolve_repo(name, explicit, revision, roles, flags)
+        return _resolve_repo(name, explicit, revision, roles, flags, lora)
     raise ModelFilesError(
         f"{flags.get('model') or 'the model'} {name!r} is neither an existing folder nor a Hugging Face repo id "
         "(owner/name)")
 
 
-def _all_explicit(explicit: dict[str, str | None], roles: tuple[str, ...]) -> ModelFiles:
+def _all_explicit(explicit: dict[str, str | None], roles: tuple[str, ...], flags: Mapping[str, str],
+                  lora: str | None = None) -> ModelFiles:
     """Every wanted file given on the command line (and no --model): no folder or hub involved."""
     config_path = Path(explicit["config"]) if explicit["config"] else None
-    repo_cfg, mimi = read_model_config(config_path) if config_path else (parse_kyutai_config(None), {})
+    repo_cfg, mimi, lora_cfg = _read_config(config_path) if config_path else (parse_kyutai_config(None), {}, None)
     paths: dict[str, Path | None] = dict.fromkeys(ROLES)
     missing = []
     for role in roles:
@@ -233,8 +319,10 @@ def _all_explicit(explicit: dict[str, str | None], roles: tuple[str, ...]) -> Mo
             missing.append((ROLE_NAMES[role], f"{path} (given on the command line) does not exist"))
     if missing:
         raise ModelFilesError(_message("the command line", missing, "Check the paths."))
+    found = _find_lora(lora_cfg, lora, _local(config_path.parent) if config_path else _local(Path(".")),
+                       config_path, roles, flags)
     return ModelFiles("the command line", paths["moshi"], paths["mimi"], paths["tokenizer"], repo_cfg, mimi,
-                      config_path)
+                      config_path, found)
 
 
 # --dtype choices (the torch dtypes are in inference/models.py; names only here, so `--help` needs no torch).
@@ -258,9 +346,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     g.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                    help="weights dtype (default float32 on CPU, bfloat16 on GPU)")
+    g.add_argument("--lora", default=None, metavar="FILE",
+                   help="LoRA adapters (a .safetensors file, ours or moshi-finetune's, or a folder holding "
+                        "lora.safetensors), merged into the LM when it loads")
 
 
 def files_from_args(args: argparse.Namespace) -> ModelFiles:
     """The files named by `add_model_arguments`' flags (the library API is `resolve_model_files`)."""
     return resolve_model_files(args.model, moshi_weight=args.moshi_weight, mimi_weight=args.mimi_weight,
-                               tokenizer=args.tokenizer, config=args.config, revision=args.revision)
+                               tokenizer=args.tokenizer, config=args.config, revision=args.revision,
+                               lora=getattr(args, "lora", None))

@@ -76,14 +76,17 @@ def load_models(files: ModelFiles, device: str | torch.device | None = None, dty
                 ) -> LoadedModels:
     """Build and load the three parts. Mimi stays float32 (small, and its output is what users hear).
 
-    The cheap checks come first (Mimi's config, the tokenizer), so a bad file is reported before the LM's
-    weights are read. Errors: CheckpointError (weights), TokenizerError (tokenizer), ValueError (config).
+    The cheap checks come first (Mimi's config, the tokenizer, the LoRA file's names and shapes), so a bad file
+    is reported before the LM's weights are read. LoRA adapters (`files.lora`) are merged into the LM's weights
+    (no cost per step). Errors: CheckpointError (weights), TokenizerError (tokenizer), LoraError (adapters),
+    ValueError (config).
     """
     import torch
 
     from ..codec.checkpoint import load_mimi
     from ..codec.presets import mimi_config_from_overrides
     from ..lm.checkpoint import load_lm
+    from ..lm.lora import load_lora, read_plan
     from ..lm.text import TextTokenizer
 
     if files.moshi is None or files.mimi is None or files.tokenizer is None:
@@ -93,8 +96,13 @@ def load_models(files: ModelFiles, device: str | torch.device | None = None, dty
     lm_cfg = files.repo_config.lm
     mimi_cfg = mimi_config_from_overrides(files.mimi_overrides)
     tokenizer = TextTokenizer.for_model(files.tokenizer, lm_cfg)
+    lora = files.lora
+    if lora is not None:
+        read_plan(lora.path, lm_cfg, rank=lora.rank, scaling=lora.scaling)
     mimi = load_mimi(files.mimi, mimi_cfg, device=dev)
     lm = load_lm(files.moshi, lm_cfg, device=dev, dtype=dt)
+    if lora is not None:
+        load_lora(lm, lora.path, rank=lora.rank, scaling=lora.scaling, merge=True)
     return LoadedModels(files, mimi, lm, tokenizer, dev, dt)
 
 
