@@ -4,7 +4,8 @@ The losses that depend on the codec's output y (reconstruction, adversarial, fea
 as such: for each loss L_i the balancer takes g_i = dL_i/dy, the norm n_i = ||g_i|| (averaged over the batch
 rows), smoothed by an EMA across steps, and back-propagates
 
-    dy = total_norm * sum_i (w_i / sum_j w_j) * g_i / n_i
+    dy = total_norm * sum_i (w_i / sum_j w_j) * g_i / n_i     (divided by the number of rows B when the norm
+                                                             is taken per row: the gradient of a batch mean)
 
 through the model. A weight is thus a share of the gradient reaching y: the adversarial loss, whose raw scale
 drifts as the discriminator learns, cannot swamp the mel loss (or vanish). The idea is EnCodec's
@@ -70,6 +71,10 @@ class Balancer:
             self.counts[name] = d * self.counts.get(name, 0.0) + (1 - d)
             avg = self.norms[name] / self.counts[name]  # bias-corrected: the first step is not shrunk
             combined += g * (self.total_norm * self.weights[name] / total_weight / (avg + self.epsilon))
+        if self.per_batch_item and output.dim() > 1:
+            # Each row's share has norm ~total_norm: average the rows (as a mean loss does), so the result does
+            # not grow with the batch, and a batch split over ranks (gradients averaged) is one batch.
+            combined /= output.shape[0]
         if extra is not None and extra.requires_grad:
             torch.autograd.backward([output, extra], [combined, torch.ones_like(extra)])
         else:
