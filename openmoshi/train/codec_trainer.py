@@ -112,6 +112,11 @@ def train_codec(cfg: CodecTrainConfig, run: str | Path, *, resume: bool = False,
     if cfg.data.source is None:
         raise ValueError("no data: pass --data FOLDER|MANIFEST (audio files, or a JSONL manifest)")
     run = Path(run)
+    # The data first: a file that cannot be read leaves no run folder behind.
+    rate = mimi_config(cfg).sample_rate
+    data = AudioCrops(cfg.data.source, cfg.data, rate, t.batch_size // d.world_size, t.seed, d.rank, d.world_size)
+    clips = held_out_clips(cfg.data.held_out or cfg.data.source, cfg.data.held_out_clips,
+                           cfg.data.held_out_seconds, rate)
     if d.is_main:
         prepare_run_folder(run, resume)
         if not resume:
@@ -143,10 +148,6 @@ def train_codec(cfg: CodecTrainConfig, run: str | Path, *, resume: bool = False,
         opt_map["discriminator"] = (disc, optims.discriminator)
     if parts.ema is not None:
         models["weight_ema"] = parts.ema.as_module()
-    data = AudioCrops(cfg.data.source, cfg.data, mimi.sample_rate, t.batch_size // d.world_size, t.seed, d.rank,
-                      d.world_size)
-    clips = held_out_clips(cfg.data.held_out or cfg.data.source, cfg.data.held_out_clips,
-                           cfg.data.held_out_seconds, mimi.sample_rate)
     ckpt = CheckpointManager(run / "checkpoints", d, keep=t.keep_checkpoints)
     start = 0
     if resume:

@@ -83,6 +83,10 @@ def test_user_mistakes(tmp_path, capsys) -> None:
     assert "no such weights file" in err("tiny", "--data", str(data), "--init", str(tmp_path / "none.safetensors"))
     assert "do not give" in err("tiny", "--resume", "--out", str(tmp_path / "r"))
     assert "teacher" in err("tiny", "--data", str(data), "--set", "teacher=wavlm", "--out", str(tmp_path / "r"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.wav").write_bytes(b"RIFF not really")
+    assert "cannot read" in err("tiny", "--data", str(tmp_path / "junk"), "--out", str(tmp_path / "r2"))
+    assert not (tmp_path / "r2").exists()  # nothing left behind
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     assert "not empty" in err("tiny", "--data", str(data), "--out", str(tmp_path / "busy"), "--steps", "1",
