@@ -69,7 +69,13 @@ def _load(args: argparse.Namespace):
     else:
         cfg = mimi_config_from_overrides(files.mimi_overrides)
     name = Path(args.weights).name if args.weights else f"{files.source} ({files.mimi.name})"
-    return load_mimi(files.mimi, cfg), name
+    from ..checkpoint import CheckpointError
+
+    try:
+        return load_mimi(files.mimi, cfg), name
+    except CheckpointError as err:
+        size = args.preset or "config.json's"
+        raise ValueError(f"{err}\n(the weights do not fit the {size} Mimi: is --preset right?)") from None
 
 
 def _outputs(out: Path, stem: str, ks: list[int]) -> list[tuple[str, Path, tuple[str, ...]]]:

@@ -117,6 +117,7 @@ def train_codec(cfg: CodecTrainConfig, run: str | Path, *, resume: bool = False,
     data = AudioCrops(cfg.data.source, cfg.data, rate, t.batch_size // d.world_size, t.seed, d.rank, d.world_size)
     clips = held_out_clips(cfg.data.held_out or cfg.data.source, cfg.data.held_out_clips,
                            cfg.data.held_out_seconds, rate)
+    mimi = build_mimi(cfg, d.device)  # weights that do not load leave no run folder either
     if d.is_main:
         prepare_run_folder(run, resume)
         if not resume:
@@ -125,7 +126,6 @@ def train_codec(cfg: CodecTrainConfig, run: str | Path, *, resume: bool = False,
             write_text(run / CONFIG_NAME, dump_yaml(cfg))
     barrier(d)
     say = log if d.is_main else (lambda _m: None)
-    mimi = build_mimi(cfg, d.device)
     disc = MultiScaleSTFTDiscriminator(cfg.discriminator).to(d.device) if cfg.loss.uses_discriminator else None
     say(f"codec: {sum(p.numel() for p in mimi.parameters()):,} parameters"
         + (f", discriminator {sum(p.numel() for p in disc.parameters()):,}" if disc is not None else "")

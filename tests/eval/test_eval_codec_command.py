@@ -91,6 +91,8 @@ def test_user_mistakes_are_clear_errors(tmp_path, capsys) -> None:
     assert "no audio files" in run(str(tmp_path / "empty"), "--out", str(tmp_path / "r"))
     assert "inside the audio folder" in run(str(audio), "--out", str(audio / "report"))
     assert "not in 1..8" in run(str(audio), "--out", str(tmp_path / "r"), "-k", "9")
+    wrong_size = ["eval", "codec", str(audio), "--out", str(tmp_path / "r"), "--weights", str(weights), "--no-wer"]
+    assert cli_main(wrong_size) == 1 and "is --preset right?" in capsys.readouterr().err  # default preset: mimi
     (tmp_path / "file").write_text("x")
     assert "not a folder" in run(str(audio), "--out", str(tmp_path / "file"))
     (tmp_path / "bad.wav").write_bytes(b"not audio")

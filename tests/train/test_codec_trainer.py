@@ -81,6 +81,10 @@ def test_user_mistakes(tmp_path, capsys) -> None:
     assert "unknown config key" in err("tiny", "--data", str(data), "--set", "loss.mell=1")
     assert "unknown preset" in err("huge", "--data", str(data))
     assert "no such weights file" in err("tiny", "--data", str(data), "--init", str(tmp_path / "none.safetensors"))
+    (tmp_path / "w.safetensors").write_bytes(b"not safetensors")
+    assert "w.safetensors" in err("tiny", "--data", str(data), "--init", str(tmp_path / "w.safetensors"), "--out",
+                                  str(tmp_path / "r3"))
+    assert not (tmp_path / "r3").exists()
     assert "do not give" in err("tiny", "--resume", "--out", str(tmp_path / "r"))
     assert "teacher" in err("tiny", "--data", str(data), "--set", "teacher=wavlm", "--out", str(tmp_path / "r"))
     (tmp_path / "junk").mkdir()
