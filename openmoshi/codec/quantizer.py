@@ -169,7 +169,7 @@ class EuclideanCodebook(nn.Module):
         """
         x = x.float()
         if opts.init_from_data and not bool(self._initialized.item()):
-            self._init_from(x)
+            self.init_from(x)
             return 0
         counts = torch.zeros(self.size, device=x.device).index_add_(0, codes, torch.ones_like(codes, dtype=x.dtype))
         sums = torch.zeros(self.size, self.dim, device=x.device).index_add_(0, codes, x)
@@ -194,8 +194,10 @@ class EuclideanCodebook(nn.Module):
             self.embedding_sum[dead] = (picks * expected).to(self.embedding_sum.dtype)
         return num_dead
 
-    def _init_from(self, x: Tensor) -> None:
-        """Entries = random vectors of x (with replacement when there are fewer vectors than entries)."""
+    @torch.no_grad()
+    def init_from(self, x: Tensor) -> None:
+        """Entries = random vectors of x [N, D] (with replacement when there are fewer vectors than entries)."""
+        x = x.float()
         n = x.shape[0]
         idx = torch.randperm(n, device=x.device)[:self.size] if n >= self.size else torch.randint(
             0, n, (self.size,), device=x.device)
@@ -252,11 +254,14 @@ class ResidualVQ(nn.Module):
         codes, losses = [], []
         for level, codebook in enumerate(self.codebooks[:num_levels]):
             flat = residual.detach().reshape(b * f, -1)
+            update = opts is not None and opts.ema_decay is not None
+            if update and opts.init_from_data and not bool(codebook._initialized.item()):
+                codebook.init_from(flat)  # before the encode: a random codebook's entries would blow the residual up
             idx = codebook.encode(flat)
-            if opts is not None and opts.ema_decay is not None:
-                codebook.ema_update(flat, idx, opts)  # after the encode: this step uses the entries it chose by
+            entry = codebook.decode(idx).view(b, f, -1).to(residual.dtype)  # no gradient: the codebook is a buffer
+            if update:
+                codebook.ema_update(flat, idx, opts)  # after the decode: this pass uses the entries it chose
             idx = idx.view(b, f)
-            entry = codebook.decode(idx).to(residual.dtype)  # no gradient: the codebook is a buffer
             codes.append(idx)
             losses.append(F.mse_loss(residual, entry))
             # Dropout masks only the sum: the codes (and later residuals) are those of the full stack.

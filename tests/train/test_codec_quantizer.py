@@ -122,3 +122,17 @@ def test_unquantized_latent_for_a_share_of_rows() -> None:
 def test_options_are_checked(kwargs) -> None:
     with pytest.raises(ValueError):
         QuantizerTraining(**kwargs)
+
+
+def test_first_training_pass_initialises_each_level_before_encoding() -> None:
+    """Fresh codebooks (`_initialized` 0) take batch vectors before they encode: the residuals shrink level by
+    level (encoding with the random entries, then swapping them, made them grow geometrically)."""
+    q = SplitResidualVQ(QuantizerConfig.tiny())
+    q.init_weights()
+    x = torch.randn(4, 50, 32) * 0.2  # [B, F, D]
+    opts = QuantizerTraining(ema_decay=0.9)
+    with torch.no_grad():
+        _, _, losses = q.acoustic(x, 7, opts)
+    assert all(float(cb._initialized) == 1.0 for cb in q.acoustic.codebooks)
+    assert (losses[1:] <= losses[:-1] + 1e-6).all(), losses.tolist()
+    assert float(losses.max()) < float((x @ q.acoustic.input_proj[:, :, 0].detach().t()).pow(2).mean())

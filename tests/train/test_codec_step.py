@@ -35,13 +35,15 @@ def test_step_overfits_a_second_of_speech() -> None:
     parts = codec_parts(mimi, cfg)
     optims = codec_optimizers(parts, lr=3e-3)
     batch = CodecBatch(_speech(1.0))
-    history = [codec_step(parts, optims, batch, cfg) for _ in range(10)]
+    history = [codec_step(parts, optims, batch, cfg) for _ in range(20)]
     assert all(set(h) >= {"mel", "commitment", "generator", "perplexity", "dead_codes"} for h in history)
-    first, last = history[0], history[-1]
-    assert last["mel"] < 0.8 * first["mel"], [h["mel"] for h in history]
-    # The first update initialised the codebooks from the data; usage keeps rising after.
-    assert last["perplexity"] > 1.3 * history[1]["perplexity"], [h["perplexity"] for h in history]
-    assert last["dead_codes"] == 0.0
+    # Step 0 initialised the codebooks from this very batch (entries are exact copies of its latents: a
+    # flattering start); step 1 is the first honest quantization. From there the mel loss falls and the
+    # codebook usage rises.
+    mel = [h["mel"] for h in history]
+    assert sum(mel[-3:]) / 3 < 0.88 * mel[1], mel
+    assert history[-1]["perplexity"] > 1.3 * history[1]["perplexity"], [h["perplexity"] for h in history]
+    assert history[-1]["dead_codes"] == 0.0
 
 
 def test_full_step_with_discriminator_balancer_distillation_and_ema() -> None:
