@@ -14,6 +14,7 @@ fi
 #     Playwright's own browser downloads are never used (the test launches /usr/bin/chromium).
 #   festival + festvox-us-slt-hts (Moshi's voice) + festvox-kallpc16k, flite: the synthetic conversations
 #     (tests/data/test_synth*.py, docs/synth.md).
+#   espeak-ng: speaks the test sentence of tests/eval (codec evaluation).
 #   nginx: tests/server/test_nginx.py, two `openmoshi serve` replicas behind it (the test starts its own nginx
 #     on free ports and stops it).
 APT_NEEDED=""
@@ -22,6 +23,7 @@ command -v festival >/dev/null || APT_NEEDED="$APT_NEEDED festival"
 [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || APT_NEEDED="$APT_NEEDED festvox-us-slt-hts"
 [ -d /usr/share/festival/voices/english/kal_diphone ] || APT_NEEDED="$APT_NEEDED festvox-kallpc16k"
 command -v flite >/dev/null || APT_NEEDED="$APT_NEEDED flite"
+command -v espeak-ng >/dev/null || APT_NEEDED="$APT_NEEDED espeak-ng"
 { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || APT_NEEDED="$APT_NEEDED nginx"
 if [ -n "$APT_NEEDED" ]; then
   echo "[openmoshi] installing Debian packages:$APT_NEEDED" >&2

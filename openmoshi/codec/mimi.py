@@ -106,6 +106,9 @@ class MimiOutput:
     commitment_loss: Tensor  # scalar: the quantizer's commitment loss (mean over the K levels)
     latent: Tensor  # [B, D, F] the encoder's unquantized latent
     quantized: Tensor  # [B, D, F] its quantized value, straight-through gradient to `latent`
+    semantic: Tensor | None = None  # [B, D, F] the semantic (first) VQ level's output (for distillation)
+    levels: Tensor | None = None  # [B] codebooks each row was decoded with (quantizer dropout); None: all K
+    unquantized: Tensor | None = None  # [B] bool: rows decoded from `latent` itself (`unquantized_share`)
 
 
 class Mimi(nn.Module):
@@ -191,18 +194,26 @@ class Mimi(nn.Module):
         x = self.encoder_transformer(x.transpose(1, 2)).transpose(1, 2)
         return self.downsample(x)
 
-    def forward(self, wav: Tensor, num_codebooks: int | None = None) -> MimiOutput:
+    def forward(self, wav: Tensor, num_codebooks: int | None = None, unquantized_share: float = 0.0) -> MimiOutput:
         """Training pass (batch mode): wav [B, 1, T] -> reconstruction, codes, commitment loss.
 
         K = `num_codebooks`, by default all of the quantizer's (training fits every level; `encode` defaults to
-        `cfg.num_codebooks`). Gradients reach every parameter; the codebooks are EMA buffers and stay as they are.
+        `cfg.num_codebooks`). Gradients reach every parameter; the codebooks are EMA buffers, updated only when a
+        trainer sets `quantizer.training_options` (train() mode). `unquantized_share` (train() mode only): each
+        row is decoded from the unquantized latent with this probability, so the decoder also learns from the
+        encoder's exact output (Mimi's recipe: 0.5).
         """
         if self.is_streaming:
             raise RuntimeError("Mimi.forward is the batch training pass; stream with encode/decode")
         k = self.cfg.quantizer.num_codebooks if num_codebooks is None else num_codebooks
         latent = self.encode_latent(wav)
         q = self.quantizer(latent, k)
-        return MimiOutput(self.decode_latent(q.quantized), q.codes, q.commitment_loss, latent, q.quantized)
+        decoder_in, rows = q.quantized, None
+        if self.training and unquantized_share > 0:
+            rows = torch.rand(latent.shape[0], device=latent.device) < unquantized_share
+            decoder_in = torch.where(rows[:, None, None], latent, q.quantized)
+        return MimiOutput(self.decode_latent(decoder_in), q.codes, q.commitment_loss, latent, q.quantized,
+                          q.semantic, q.levels, rows)
 
     @torch.no_grad()
     def encode(self, wav: Tensor, num_codebooks: int | None = None) -> Tensor:

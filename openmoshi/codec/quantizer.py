@@ -5,7 +5,13 @@ Layouts: latents are [B, D, F] (D = 512 for Mimi, F frames at 12.5 Hz); codes ar
 `forward` is the training pass: the quantized latent with a straight-through gradient (the encoder and the input
 projections get the gradient of the output as if quantization were the identity), the codes, and the commitment
 loss (mean squared distance between each level's input residual and its chosen entry, entries held fixed). The
-codebooks are EMA buffers, not parameters: no gradient reaches them, and this pass does not update them.
+codebooks are EMA buffers, not parameters: no gradient reaches them, and by default this pass does not update them.
+
+Training-only behaviours (`SplitResidualVQ.training_options = QuantizerTraining(...)`, active only in `train()`
+mode; inference, `encode` and `decode` never see them): EMA codebook updates (each entry moves towards the mean
+of the vectors assigned to it) with dead-code replacement (an entry whose usage falls below a share of the
+average is reset to a random vector of the batch), and quantizer dropout (a share of the sequences keep a
+random number of acoustic levels, so that every prefix of the codes decodes to usable audio).
 
 The split RVQ quantises the same latent twice in parallel: one semantic codebook, and a residual stack of
 acoustic codebooks. Each part projects 512 -> 256 with its own 1x1 projection (no bias), takes residuals in the
@@ -47,10 +53,30 @@ class QuantizerConfig:
 
 
 @dataclass
+class QuantizerTraining:
+    """Training-only behaviours of the quantizer (off at inference; see the module doc)."""
+
+    ema_decay: float | None = 0.99  # EMA of the codebook statistics; None: the codebooks stay as they are
+    dead_code_ratio: float = 0.1  # an entry is dead when its EMA usage < ratio * the average usage per entry
+    init_from_data: bool = True  # a codebook with `_initialized` 0 takes random batch vectors at its first update
+    dropout_prob: float = 0.0  # share of sequences that keep a random number (0..all) of acoustic levels
+
+    def __post_init__(self) -> None:
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.dead_code_ratio < 1.0:
+            raise ValueError(f"dead_code_ratio must be in [0, 1), got {self.dead_code_ratio}")
+        if not 0.0 <= self.dropout_prob <= 1.0:
+            raise ValueError(f"dropout_prob must be in [0, 1], got {self.dropout_prob}")
+
+
+@dataclass
 class QuantizerOutput:
     quantized: Tensor  # [B, dimension, F]: decoded codes, with the straight-through gradient to the latent
     codes: Tensor  # [B, K, F] int64
     commitment_loss: Tensor  # scalar: the mean over the K levels of each level's commitment loss
+    semantic: Tensor | None = None  # [B, dimension, F]: the semantic (first) level's output alone
+    levels: Tensor | None = None  # [B] codebooks each sequence was decoded with (quantizer dropout), None: all K
 
 
 class EuclideanCodebook(nn.Module):
@@ -132,6 +158,60 @@ class EuclideanCodebook(nn.Module):
         """codes [...] -> vectors [..., D]."""
         return F.embedding(codes, self.codebook)
 
+    @torch.no_grad()
+    def ema_update(self, x: Tensor, codes: Tensor, opts: QuantizerTraining) -> int:
+        """One training update from the vectors x [N, D] and their codes [N]; returns the number of dead entries
+        replaced.
+
+        usage <- decay * usage + (1 - decay) * count, sum <- decay * sum + (1 - decay) * (sum of assigned x), so
+        each entry (sum / usage) moves towards the mean of its vectors. Under torch.distributed the counts and
+        sums are all-reduced and the replacement vectors broadcast from rank 0, so every rank keeps equal codebooks.
+        """
+        x = x.float()
+        if opts.init_from_data and not bool(self._initialized.item()):
+            self.init_from(x)
+            return 0
+        counts = torch.zeros(self.size, device=x.device).index_add_(0, codes, torch.ones_like(codes, dtype=x.dtype))
+        sums = torch.zeros(self.size, self.dim, device=x.device).index_add_(0, codes, x)
+        n = torch.tensor(float(x.shape[0]), device=x.device)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            for t in (counts, sums, n):
+                torch.distributed.all_reduce(t)
+        decay = opts.ema_decay if opts.ema_decay is not None else 1.0
+        self.cluster_usage.mul_(decay).add_(counts.to(self.cluster_usage.dtype), alpha=1 - decay)
+        self.embedding_sum.mul_(decay).add_(sums.to(self.embedding_sum.dtype), alpha=1 - decay)
+        # Dead: used far less than the average entry (n / size vectors per entry and step).
+        expected = n / self.size
+        dead = self.cluster_usage < opts.dead_code_ratio * expected
+        num_dead = int(dead.sum())
+        if num_dead:
+            picks = x[torch.randint(0, x.shape[0], (num_dead,), device=x.device)]
+            if distributed:
+                torch.distributed.broadcast(picks, src=0)
+            # The new entry is the picked vector, with the average usage (so it is not dead again at once).
+            self.cluster_usage[dead] = expected.to(self.cluster_usage.dtype)
+            self.embedding_sum[dead] = (picks * expected).to(self.embedding_sum.dtype)
+        return num_dead
+
+    @torch.no_grad()
+    def init_from(self, x: Tensor) -> None:
+        """Entries = random vectors of x [N, D] (with replacement when there are fewer vectors than entries)."""
+        x = x.float()
+        n = x.shape[0]
+        idx = torch.randperm(n, device=x.device)[:self.size] if n >= self.size else torch.randint(
+            0, n, (self.size,), device=x.device)
+        picks = x[idx]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(picks, src=0)
+        self.embedding_sum.copy_(picks)
+        self.cluster_usage.fill_(1.0)
+        self._initialized.fill_(1.0)
+
+    def dead_codes(self, num_vectors: int, ratio: float) -> int:
+        """Entries whose EMA usage is below `ratio` * the average for `num_vectors` vectors per step."""
+        return int((self.cluster_usage < ratio * num_vectors / self.size).sum())
+
 
 def _project(weight: Tensor, x: Tensor) -> Tensor:
     """A bias-free 1x1 conv on the last dim: weight [out, in, 1], x [..., in] -> [..., out]."""
@@ -159,22 +239,33 @@ class ResidualVQ(nn.Module):
         for codebook in self.codebooks:
             codebook.init_weights()
 
-    def forward(self, x: Tensor, num_levels: int) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, num_levels: int, opts: QuantizerTraining | None = None,
+                keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Training pass: x [B, F, dimension] -> (quantized [B, F, dimension], codes [B, L, F], losses [L]).
 
         `losses[l]` is the commitment loss of level l: mean squared distance between its input residual and the
         chosen entry, whose gradient pulls the residual (so the encoder) towards the entry.
+        `opts` (training only): EMA-update each codebook with the residuals it quantised. `keep` [B] (quantizer
+        dropout): sequence b sums only its first keep[b] levels (codes and losses still cover all L levels).
         """
         b, f, _ = x.shape
         projected = _project(self.input_proj, x)  # [B, F, codebook_dim]
         residual, total = projected, torch.zeros_like(projected)
         codes, losses = [], []
-        for codebook in self.codebooks[:num_levels]:
-            idx = codebook.encode(residual.detach().reshape(b * f, -1)).view(b, f)
-            entry = codebook.decode(idx).to(residual.dtype)  # no gradient: the codebook is a buffer
+        for level, codebook in enumerate(self.codebooks[:num_levels]):
+            flat = residual.detach().reshape(b * f, -1)
+            update = opts is not None and opts.ema_decay is not None
+            if update and opts.init_from_data and not bool(codebook._initialized.item()):
+                codebook.init_from(flat)  # before the encode: a random codebook's entries would blow the residual up
+            idx = codebook.encode(flat)
+            entry = codebook.decode(idx).view(b, f, -1).to(residual.dtype)  # no gradient: the codebook is a buffer
+            if update:
+                codebook.ema_update(flat, idx, opts)  # after the decode: this pass uses the entries it chose
+            idx = idx.view(b, f)
             codes.append(idx)
             losses.append(F.mse_loss(residual, entry))
-            total = total + entry
+            # Dropout masks only the sum: the codes (and later residuals) are those of the full stack.
+            total = total + (entry if keep is None else entry * (level < keep).to(entry.dtype)[:, None, None])
             residual = residual - entry
         # Straight-through: the value of the summed entries, the gradient of the identity.
         quantized = projected + (total - projected).detach()
@@ -208,22 +299,35 @@ class SplitResidualVQ(nn.Module):
         self.cfg = cfg
         self.semantic = ResidualVQ(cfg.num_semantic, cfg)
         self.acoustic = ResidualVQ(cfg.num_acoustic, cfg)
+        self.training_options: QuantizerTraining | None = None  # set by a trainer; used only in train() mode
 
     def init_weights(self) -> None:
         self.semantic.init_weights()
         self.acoustic.init_weights()
 
     def forward(self, latent: Tensor, num_codebooks: int | None = None) -> QuantizerOutput:
-        """Training pass: latent [B, dimension, F] -> QuantizerOutput with K = num_codebooks (default: all)."""
+        """Training pass: latent [B, dimension, F] -> QuantizerOutput with K = num_codebooks (default: all).
+
+        In train() mode with `training_options` set: EMA codebook updates and quantizer dropout (`levels` then
+        says how many codebooks each sequence was decoded with).
+        """
         k = self.cfg.num_codebooks if num_codebooks is None else num_codebooks
         self._check_k(k)
         x = latent.transpose(1, 2)
         n_sem = self.cfg.num_semantic
-        quantized, codes, losses = self.semantic(x, n_sem)
+        opts = self.training_options if self.training else None
+        semantic, codes, losses = self.semantic(x, n_sem, opts)
+        quantized, keep = semantic, None
         if k > n_sem:
-            q_ac, c_ac, l_ac = self.acoustic(x, k - n_sem)
+            if opts is not None and opts.dropout_prob > 0:
+                b = latent.shape[0]
+                drop = torch.rand(b, device=latent.device) < opts.dropout_prob
+                random_levels = torch.randint(0, k - n_sem + 1, (b,), device=latent.device)
+                keep = torch.where(drop, random_levels, torch.full_like(random_levels, k - n_sem))
+            q_ac, c_ac, l_ac = self.acoustic(x, k - n_sem, opts, keep)
             quantized, codes, losses = quantized + q_ac, torch.cat([codes, c_ac], 1), torch.cat([losses, l_ac])
-        return QuantizerOutput(quantized.transpose(1, 2), codes, losses.mean())
+        levels = None if keep is None else keep + n_sem
+        return QuantizerOutput(quantized.transpose(1, 2), codes, losses.mean(), semantic.transpose(1, 2), levels)
 
     def _check_k(self, k: int) -> None:
         lo, hi = self.cfg.num_semantic, self.cfg.num_codebooks

@@ -1,2 +1,2 @@
-"""Training: one framework (config, run folder, optimiser and schedule, checkpoints, parallelize) and the LM
-trainer (`lm_trainer.train_lm`); the codec trainer reuses the framework."""
+"""Training: one framework (config, run folder, optimiser and schedule, checkpoints, parallelize), the LM
+trainer (`lm_trainer.train_lm`) and the codec trainer (`codec_trainer.train_codec`, its losses and step)."""

@@ -1,0 +1,1 @@
+"""Evaluation: codec metrics and reports (`openmoshi eval codec`)."""

@@ -1,0 +1,125 @@
+"""The codec trainer's configuration (`CodecTrainConfig`) and its named presets (`CODEC_TRAIN_PRESETS`).
+
+Sections (each a dataclass; YAML and `--set` go through the shared strict mechanism of `config.py`):
+- `model`: the Mimi architecture (`preset` of MIMI_PRESETS plus MimiConfig field `overrides`, as config.json's
+  "mimi" object), or `init`: a safetensors file (Kyutai's Mimi or an export of ours) to start from;
+- `quantizer`: the training-only quantizer behaviours (`codec.quantizer.QuantizerTraining`);
+- `loss`: weights and options of the step (`codec_step.CodecLossConfig`, the mel scales nested);
+- `discriminator`: the multi-scale STFT discriminator's size;
+- `teacher`: "none" or "whisper-tiny.en" (`teachers.py`), computed on the fly from each batch;
+- `weight_ema`: decay of the exported weight average (None: export the raw weights);
+- `optim` (codec; `discriminator_lr` None = the same lr), `schedule`, `train` (the shared loop settings);
+- `data`: crops and augmentation (`codec_data.CodecDataConfig`) plus the source, the held-out clips and how
+  often their reconstructions are written.
+
+Presets: `tiny` (the tiny Mimi; trains here in minutes) and `mimi` (the released size, FACTS.md "Training
+constants": AdamW 8e-4, betas (0.5, 0.9), weight EMA 0.99, 12 s windows, quantizer dropout, the unquantized
+latent for 50% of the sequences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec.quantizer import QuantizerTraining
+from .codec_data import CodecDataConfig
+from .codec_losses import MelLossConfig
+from .codec_step import CodecLossConfig
+from .config import LoopConfig, OptimConfig, ScheduleConfig
+from .discriminators import DiscriminatorConfig
+
+
+@dataclass
+class CodecModelSection:
+    """A new Mimi of `preset` with `overrides` (MimiConfig fields), or `init`: weights to start from (their
+    architecture must be that of preset + overrides)."""
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+
+
+@dataclass
+class CodecOptimConfig(OptimConfig):
+    discriminator_lr: float | None = None  # None: optim.lr
+
+
+@dataclass
+class CodecDataSection(CodecDataConfig):
+    """`source`: a folder of audio files or a JSONL manifest. `held_out`: a folder (or file) of clips kept out
+    of training (default: the first files of `source`); `sample_every` steps their reconstructions are written
+    to RUN/samples/ and their mel distance logged as the validation loss."""
+
+    source: str | None = None
+    held_out: str | None = None
+    held_out_clips: int = 2
+    held_out_seconds: float = 4.0
+
+
+@dataclass
+class CodecTrainConfig:
+    model: CodecModelSection = field(default_factory=CodecModelSection)
+    quantizer: QuantizerTraining = field(default_factory=QuantizerTraining)
+    loss: CodecLossConfig = field(default_factory=CodecLossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    teacher: str = "none"
+    weight_ema: float | None = 0.99
+    optim: CodecOptimConfig = field(default_factory=CodecOptimConfig)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig("constant", warmup_steps=0))
+    train: LoopConfig = field(default_factory=LoopConfig)
+    data: CodecDataSection = field(default_factory=CodecDataSection)
+
+    def __post_init__(self) -> None:
+        from .teachers import TEACHERS
+
+        t = self.train
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        for name in ("val_every", "checkpoint_every"):
+            if getattr(t, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+        if t.grad_accum != 1:
+            raise ValueError("train.grad_accum: the codec step has no gradient accumulation (use 1)")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        if self.weight_ema is not None and not 0 <= self.weight_ema < 1:
+            raise ValueError(f"weight_ema must be in [0, 1) or null, got {self.weight_ema}")
+        if self.optim.lr < 0 or self.optim.grad_clip < 0:
+            raise ValueError("optim.lr and optim.grad_clip must be >= 0")
+        if self.data.held_out_clips < 0 or self.data.held_out_seconds <= 0:
+            raise ValueError("data.held_out_clips must be >= 0 and data.held_out_seconds > 0")
+
+
+def tiny() -> CodecTrainConfig:
+    return CodecTrainConfig(
+        model=CodecModelSection("tiny"),
+        quantizer=QuantizerTraining(ema_decay=0.9, dead_code_ratio=0.1, dropout_prob=0.5),
+        loss=CodecLossConfig(mel=1.0, adversarial=1.0, feature_matching=1.0, unquantized_share=0.5,
+                             adversarial_start=100, mel_scales=MelLossConfig(n_ffts=(64, 128, 256, 512), n_mels=32)),
+        discriminator=DiscriminatorConfig.tiny(),
+        weight_ema=0.9,
+        optim=CodecOptimConfig(lr=3e-3, betas=(0.5, 0.9), weight_decay=0.0, grad_clip=0.0),
+        train=LoopConfig(steps=200, batch_size=4, log_every=10, val_every=50, checkpoint_every=100),
+        data=CodecDataSection(segment_seconds=0.5, held_out_clips=1, held_out_seconds=1.0),
+    )
+
+
+def mimi() -> CodecTrainConfig:
+    return CodecTrainConfig(
+        model=CodecModelSection("mimi"),
+        quantizer=QuantizerTraining(ema_decay=0.99, dead_code_ratio=0.1, dropout_prob=0.5),
+        loss=CodecLossConfig(mel=1.0, adversarial=3.0, feature_matching=3.0, unquantized_share=0.5,
+                             adversarial_start=5000),
+        discriminator=DiscriminatorConfig.mimi(),
+        weight_ema=0.99,
+        optim=CodecOptimConfig(lr=8e-4, betas=(0.5, 0.9), weight_decay=0.0, grad_clip=0.0),
+        train=LoopConfig(steps=400_000, batch_size=64, log_every=50, val_every=2000, checkpoint_every=5000),
+        data=CodecDataSection(segment_seconds=12.0, noise_prob=0.1),
+    )
+
+
+# The first entry is the base of a YAML file that names no preset.
+CODEC_TRAIN_PRESETS: dict[str, Callable[[], CodecTrainConfig]] = {"tiny": tiny, "mimi": mimi}

@@ -1,0 +1,224 @@
+"""One codec training step: the generator (Mimi) update, then the discriminator update; losses as floats.
+
+`codec_step(parts, optims, batch, cfg)` is all a training loop calls per step:
+1. Mimi's training pass on batch.wav [B, 1, T] (quantizer dropout and EMA codebooks as set on
+   `mimi.quantizer.training_options`, the unquantized latent decoded for `cfg.unquantized_share` of the rows).
+2. Generator losses: multi-scale mel, waveform L1, hinge adversarial and feature matching (the discriminator
+   frozen), each with its weight; through the `Balancer` when one is given (weights = shares of the gradient at
+   the reconstruction), else a plain weighted sum. Commitment and semantic distillation (first VQ level's
+   output vs batch.teacher features, when both a head and features are given) are added plainly.
+3. Codec optimiser step (gradient clipping optional), weight EMA update.
+4. Discriminator: hinge loss on the real audio vs the (detached) reconstruction, its own optimiser step.
+
+A loss with weight 0 is not computed (no discriminator at all when adversarial and feature matching are 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .balancer import Balancer
+from .codec_losses import (
+    MelLossConfig,
+    MultiScaleMelLoss,
+    SemanticDistillation,
+    codebook_perplexity,
+    feature_matching_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    waveform_l1,
+)
+from .ema import WeightEMA
+
+BALANCED = ("mel", "l1", "adversarial", "feature_matching")  # the losses that go through the reconstruction
+
+
+@dataclass
+class CodecLossConfig:
+    """Loss weights (0 = off) and the step's options. With the balancer, the four reconstruction-side weights
+    are shares of the gradient at the reconstruction (only their ratios matter)."""
+
+    mel: float = 1.0
+    l1: float = 0.0
+    adversarial: float = 3.0
+    feature_matching: float = 3.0
+    commitment: float = 1.0
+    distillation: float = 1.0
+    balancer: bool = True
+    balancer_total_norm: float = 1.0
+    balancer_ema_decay: float = 0.999
+    unquantized_share: float = 0.5  # rows decoded from the unquantized latent (Mimi: 50%)
+    # Steps before the generator listens to the discriminator (which trains from step 0): an untrained
+    # discriminator's gradient is noise, and the balancer would give it its full share.
+    adversarial_start: int = 0
+    grad_clip: float = 0.0  # max gradient norm of each optimiser's parameters; 0 = no clipping
+    mel_scales: MelLossConfig = field(default_factory=MelLossConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("mel", "l1", "adversarial", "feature_matching", "commitment", "distillation", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
+        if self.adversarial_start < 0:
+            raise ValueError(f"adversarial_start must be >= 0, got {self.adversarial_start}")
+        if not 0 <= self.unquantized_share <= 1:
+            raise ValueError(f"unquantized_share must be in [0, 1], got {self.unquantized_share}")
+        if self.mel + self.l1 + self.adversarial + self.feature_matching <= 0:
+            raise ValueError("at least one of mel, l1, adversarial, feature_matching must have a weight > 0")
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.adversarial > 0 or self.feature_matching > 0
+
+    def balanced_weights(self) -> dict[str, float]:
+        return {"mel": self.mel, "l1": self.l1, "adversarial": self.adversarial,
+                "feature_matching": self.feature_matching}
+
+
+@dataclass
+class CodecParts:
+    """What the step trains. Build with `codec_parts`."""
+
+    mimi: nn.Module
+    mel_loss: MultiScaleMelLoss
+    discriminator: nn.Module | None = None  # a MultiScaleSTFTDiscriminator
+    distillation: SemanticDistillation | None = None  # the projection head to the teacher's width
+    balancer: Balancer | None = None
+    ema: WeightEMA | None = None  # of the Mimi weights (what gets exported)
+
+
+@dataclass
+class CodecOptimizers:
+    codec: torch.optim.Optimizer  # Mimi and the distillation head
+    discriminator: torch.optim.Optimizer | None = None
+
+
+@dataclass
+class CodecBatch:
+    wav: Tensor  # [B, 1, T] at the codec's sample rate
+    teacher: Tensor | None = None  # [B, F_t, C] teacher features of the same audio (any frame rate)
+
+
+def codec_parts(mimi: nn.Module, cfg: CodecLossConfig, discriminator: nn.Module | None = None,
+                teacher_dim: int | None = None, ema_decay: float | None = 0.99) -> CodecParts:
+    """Assemble the loss modules for `cfg`: the mel loss, the balancer, the distillation head (teacher_dim given
+    and a distillation weight > 0), the weight EMA (ema_decay not None). The discriminator is the caller's."""
+    if cfg.uses_discriminator and discriminator is None:
+        raise ValueError("adversarial / feature-matching losses need a discriminator (or set their weights to 0)")
+    device = next(mimi.parameters()).device
+    head = None
+    if teacher_dim and cfg.distillation > 0:
+        head = SemanticDistillation(mimi.cfg.quantizer.dimension, teacher_dim).to(device)
+    balancer = None
+    if cfg.balancer:
+        balancer = Balancer({k: v for k, v in cfg.balanced_weights().items() if v > 0}, cfg.balancer_total_norm,
+                            cfg.balancer_ema_decay)
+    return CodecParts(mimi, MultiScaleMelLoss(mimi.cfg.sample_rate, cfg.mel_scales).to(device),
+                      discriminator if cfg.uses_discriminator else None, head, balancer,
+                      WeightEMA(mimi, ema_decay) if ema_decay is not None else None)
+
+
+def codec_optimizers(parts: CodecParts, lr: float = 8e-4, betas: tuple[float, float] = (0.5, 0.9),
+                     weight_decay: float = 0.0, discriminator_lr: float | None = None) -> CodecOptimizers:
+    """Separate AdamW optimisers for the codec (+ distillation head) and the discriminator (Mimi: 8e-4, (0.5, 0.9))."""
+    params = list(parts.mimi.parameters())
+    if parts.distillation is not None:
+        params += list(parts.distillation.parameters())
+    # `base_lr`: the schedule (train/optim.py `set_lr`) scales each group's base learning rate.
+    codec = torch.optim.AdamW([{"params": params, "base_lr": lr}], lr=lr, betas=betas, weight_decay=weight_decay)
+    disc = None
+    if parts.discriminator is not None:
+        d_lr = discriminator_lr or lr
+        disc = torch.optim.AdamW([{"params": list(parts.discriminator.parameters()), "base_lr": d_lr}], lr=d_lr,
+                                 betas=betas, weight_decay=weight_decay)
+    return CodecOptimizers(codec, disc)
+
+
+def _clip(params, max_norm: float) -> float:
+    if max_norm <= 0:
+        return float("nan")
+    norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded (FSDP2) grads
+
+
+def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cfg: CodecLossConfig,
+               step: int | None = None) -> dict[str, float]:
+    """One generator + discriminator update. Returns floats: each loss computed, `generator` (the weighted sum
+    of the generator's losses, as reported, not as balanced), `discriminator`, `perplexity` (mean over levels of
+    the codes' perplexity in the batch), `dead_codes` (entries below the dead-code threshold, all levels).
+    `step` (0-based; None: past any warm-up): before `cfg.adversarial_start` the generator ignores the
+    discriminator, which still trains."""
+    mimi, wav = parts.mimi, batch.wav
+    if wav.dim() != 3 or wav.shape[1] != 1:
+        raise ValueError(f"batch.wav must be [B, 1, T], got {tuple(wav.shape)}")
+    mimi.train()
+    disc = parts.discriminator
+    if disc is not None:
+        disc.train()
+        disc.requires_grad_(False)  # the generator's pass does not train the discriminator
+    optims.codec.zero_grad(set_to_none=True)
+    out = mimi(wav, unquantized_share=cfg.unquantized_share)
+    recon = out.reconstruction[..., :wav.shape[-1]]
+    losses: dict[str, Tensor] = {}
+    if cfg.mel > 0:
+        losses["mel"] = parts.mel_loss(recon, wav)
+    if cfg.l1 > 0:
+        losses["l1"] = waveform_l1(recon, wav)
+    listen = step is None or step >= cfg.adversarial_start
+    if disc is not None and listen:
+        fake = disc(recon)
+        if cfg.adversarial > 0:
+            losses["adversarial"] = hinge_generator_loss(fake.logits)
+        if cfg.feature_matching > 0:
+            with torch.no_grad():
+                real = disc(wav)
+            losses["feature_matching"] = feature_matching_loss(real.features, fake.features)
+    plain = {"commitment": out.commitment_loss * cfg.commitment}
+    if parts.distillation is not None and batch.teacher is not None and out.semantic is not None:
+        losses["distillation"] = parts.distillation(out.semantic, batch.teacher)
+        plain["distillation"] = losses["distillation"] * cfg.distillation
+    losses["commitment"] = out.commitment_loss
+    extra = sum(plain.values())
+    weights = cfg.balanced_weights()
+    if parts.balancer is not None:
+        parts.balancer.backward({k: losses[k] for k in BALANCED if k in losses}, recon, extra)
+    else:
+        (sum(losses[k] * weights[k] for k in BALANCED if k in losses) + extra).backward()
+    if disc is not None:
+        disc.requires_grad_(True)
+    grad_norm = _clip(optims.codec.param_groups[0]["params"], cfg.grad_clip)
+    optims.codec.step()
+    if parts.ema is not None:
+        parts.ema.update(mimi)
+    metrics = {k: float(v.detach()) for k, v in losses.items()}
+    metrics["generator"] = float(sum(losses[k].detach() * weights[k] for k in BALANCED if k in losses)
+                                 + extra.detach())
+    if cfg.grad_clip > 0:
+        metrics["grad_norm"] = grad_norm
+    if disc is not None and optims.discriminator is not None:
+        optims.discriminator.zero_grad(set_to_none=True)
+        d_loss = hinge_discriminator_loss(disc(wav).logits, disc(recon.detach()).logits)
+        d_loss.backward()
+        _clip(disc.parameters(), cfg.grad_clip)
+        optims.discriminator.step()
+        metrics["discriminator"] = float(d_loss.detach())
+    metrics.update(codebook_metrics(mimi, out.codes))
+    return metrics
+
+
+@torch.no_grad()
+def codebook_metrics(mimi: nn.Module, codes: Tensor) -> dict[str, float]:
+    """`perplexity`: mean over levels of the batch codes' perplexity; `dead_codes`: entries (all levels) whose EMA
+    usage is below the dead-code threshold for this batch size (only with EMA codebooks enabled)."""
+    q = mimi.quantizer
+    out = {"perplexity": float(codebook_perplexity(codes, q.cfg.codebook_size).mean())}
+    opts = q.training_options
+    if opts is not None and opts.ema_decay is not None:
+        n = codes.shape[0] * codes.shape[2]
+        books = [*q.semantic.codebooks, *q.acoustic.codebooks][:codes.shape[1]]
+        out["dead_codes"] = float(sum(cb.dead_codes(n, opts.dead_code_ratio) for cb in books))
+    return out

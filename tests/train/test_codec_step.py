@@ -1,0 +1,132 @@
+"""The codec training step on a tiny Mimi: it learns (mel falls, codebook usage rises, no dead codes), every
+optional part runs and updates what it should, and the weight EMA is what gets exported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openmoshi.audio import read_audio
+from openmoshi.codec.mimi import Mimi, MimiConfig
+from openmoshi.codec.quantizer import QuantizerTraining
+from openmoshi.train.codec_step import (
+    CodecBatch,
+    CodecLossConfig,
+    codec_optimizers,
+    codec_parts,
+    codec_step,
+)
+from openmoshi.train.discriminators import DiscriminatorConfig, MultiScaleSTFTDiscriminator
+from openmoshi.train.ema import WeightEMA
+
+EXAMPLE = "openmoshi/assets/example.wav"
+
+
+def _speech(seconds: float) -> torch.Tensor:
+    audio = torch.from_numpy(read_audio(EXAMPLE))
+    return audio[:int(seconds * 24_000)].view(1, 1, -1)
+
+
+def test_step_overfits_a_second_of_speech() -> None:
+    torch.manual_seed(0)
+    mimi = Mimi(MimiConfig.tiny())
+    mimi.quantizer.training_options = QuantizerTraining(ema_decay=0.8)
+    cfg = CodecLossConfig(adversarial=0, feature_matching=0, unquantized_share=0.0, balancer=False)
+    parts = codec_parts(mimi, cfg)
+    optims = codec_optimizers(parts, lr=3e-3)
+    batch = CodecBatch(_speech(1.0))
+    history = [codec_step(parts, optims, batch, cfg) for _ in range(20)]
+    assert all(set(h) >= {"mel", "commitment", "generator", "perplexity", "dead_codes"} for h in history)
+    # Step 0 initialised the codebooks from this very batch (entries are exact copies of its latents: a
+    # flattering start); step 1 is the first honest quantization. From there the mel loss falls and the
+    # codebook usage rises.
+    mel = [h["mel"] for h in history]
+    assert sum(mel[-3:]) / 3 < 0.88 * mel[1], mel
+    assert history[-1]["perplexity"] > 1.3 * history[1]["perplexity"], [h["perplexity"] for h in history]
+    assert history[-1]["dead_codes"] == 0.0
+
+
+def test_full_step_with_discriminator_balancer_distillation_and_ema() -> None:
+    torch.manual_seed(1)
+    mimi = Mimi(MimiConfig.tiny())
+    mimi.quantizer.training_options = QuantizerTraining(ema_decay=0.9, dropout_prob=0.5)
+    disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig.tiny())
+    cfg = CodecLossConfig(l1=0.1, grad_clip=1.0)
+    parts = codec_parts(mimi, cfg, disc, teacher_dim=6, ema_decay=0.5)
+    optims = codec_optimizers(parts, lr=1e-3)
+    assert parts.balancer is not None and parts.distillation is not None and optims.discriminator is not None
+    wav = torch.randn(2, 1, 960) * 0.1
+    teacher = torch.randn(2, 3, 6)
+    disc_before = [p.detach().clone() for p in disc.parameters()]
+    head_before = parts.distillation.proj.weight.detach().clone()
+    weights_before = mimi.decoder.conv_out.weight.detach().clone()
+    metrics = codec_step(parts, optims, CodecBatch(wav, teacher), cfg)
+    expected = {"mel", "l1", "adversarial", "feature_matching", "distillation", "commitment", "generator",
+                "discriminator", "grad_norm", "perplexity", "dead_codes"}
+    assert expected <= set(metrics) and all(isinstance(v, float) for v in metrics.values())
+    assert all(v == v for v in metrics.values())  # no NaN
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before, disc.parameters(), strict=True))
+    assert not torch.equal(head_before, parts.distillation.proj.weight)
+    assert set(parts.balancer.norms) == {"mel", "l1", "adversarial", "feature_matching"}
+    assert all(p.requires_grad for p in disc.parameters())  # unfrozen after the generator's pass
+    # The EMA (decay 0.5) lies halfway between the start and the new weights; the export holds it.
+    new = mimi.decoder.conv_out.weight.detach()
+    exported = parts.ema.export_state(mimi)
+    torch.testing.assert_close(exported["decoder.conv_out.weight"], (weights_before + new) / 2)
+    assert set(exported) == set(mimi.state_dict())
+    # Without teacher features the distillation is skipped, not an error.
+    assert "distillation" not in codec_step(parts, optims, CodecBatch(wav), cfg)
+
+
+def test_step_configuration_errors() -> None:
+    mimi = Mimi(MimiConfig.tiny())
+    with pytest.raises(ValueError, match="need a discriminator"):
+        codec_parts(mimi, CodecLossConfig())
+    with pytest.raises(ValueError, match="loss.mel"):
+        CodecLossConfig(mel=-1)
+    with pytest.raises(ValueError, match="at least one"):
+        CodecLossConfig(mel=0, adversarial=0, feature_matching=0)
+    cfg = CodecLossConfig(adversarial=0, feature_matching=0)
+    parts = codec_parts(mimi, cfg)
+    with pytest.raises(ValueError, match=r"\[B, 1, T\]"):
+        codec_step(parts, codec_optimizers(parts), CodecBatch(torch.randn(2, 480)), cfg)
+
+
+def test_weight_ema_average_copy_and_state() -> None:
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.75)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    ema.update(model)
+    assert torch.equal(ema.shadow["weight"], torch.full((2, 2), 1.0))  # 0.75 * 0 + 0.25 * 4
+    ema.update(model)
+    assert torch.equal(ema.shadow["weight"], torch.full((2, 2), 1.75))
+    other = torch.nn.Linear(2, 2)
+    ema.copy_to(other)
+    assert torch.equal(other.weight, torch.full((2, 2), 1.75))
+    restored = WeightEMA(torch.nn.Linear(2, 2), decay=0.75)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.steps == 2 and torch.equal(restored.shadow["weight"], ema.shadow["weight"])
+    warm = WeightEMA(model, decay=0.99, warmup=True)
+    assert warm.current_decay() == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="does not fit"):
+        WeightEMA(torch.nn.Conv1d(1, 1, 1)).load_state_dict(ema.state_dict())
+
+
+def test_generator_ignores_the_discriminator_before_adversarial_start() -> None:
+    torch.manual_seed(2)
+    mimi = Mimi(MimiConfig.tiny())
+    disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig.tiny())
+    cfg = CodecLossConfig(adversarial_start=3)
+    parts = codec_parts(mimi, cfg, disc, ema_decay=None)
+    optims = codec_optimizers(parts)
+    wav = torch.randn(2, 1, 480) * 0.1
+    before = [p.detach().clone() for p in disc.parameters()]
+    early = codec_step(parts, optims, CodecBatch(wav), cfg, step=2)
+    assert "adversarial" not in early and "feature_matching" not in early and "discriminator" in early
+    assert set(parts.balancer.norms) == {"mel"}  # the mel loss had the whole gradient
+    assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))  # disc trained
+    late = codec_step(parts, optims, CodecBatch(wav), cfg, step=3)
+    assert {"adversarial", "feature_matching"} <= set(late)
