@@ -1,5 +1,6 @@
-"""Training throughput of the LM trainer: frames (and tokens) per second, the share of the CPU's measured matmul
-peak it reaches, and peak memory, for the `tiny` preset and a ~120M-parameter config.
+"""Training throughput: the LM trainer (frames and tokens per second, the share of the CPU's measured matmul peak
+it reaches, peak memory) for the `tiny` preset and a ~120M-parameter config, and the codec trainer (seconds of
+audio trained per second, peak memory) for its `tiny` and `mimi` presets.
 
 Each configuration runs in its own process (so peak memory is its own): `train_lm` on synthetic data for a few
 steps (the real trainer: AdamW, clipping, the loss, metrics), 1 thread by default, optionally 2 processes
@@ -7,7 +8,12 @@ steps (the real trainer: AdamW, clipping, the loss, metrics), 1 thread by defaul
 1024 x 1024 fp32 matmul timed on the same threads; the training FLOPs are 6 x (linear weights) per frame (the
 depth transformer's per-step weights each see one position per frame), ignoring attention and embeddings.
 
-    .venv/bin/python bench/train.py [--configs tiny 120m] [--steps 8] [--procs 1 2] [--threads 1]
+The codec runs `train_codec` on a synthetic recording (tones and noise; speed does not depend on content) with
+the preset's losses, discriminator included; `mimi` at a batch of 2 x 1 s so that a step fits here (its preset
+trains 64 x 12 s on GPUs); the figure is the median `audio_s_per_s` the trainer logs after the first step.
+
+    .venv/bin/python bench/train.py [--configs tiny 120m codec-tiny codec-mimi] [--steps 8] [--procs 1 2]
+                                    [--threads 1]
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ CONFIGS = {
              "model.overrides={dim: 640, num_layers: 8, num_heads: 10, hidden: 1728, depformer_dim: 256, "
              "depformer_num_layers: 2, depformer_num_heads: 4, depformer_hidden: 704, context: 256}",
              "train.batch_size=2", "data.seq_frames=64"],
+}
+
+
+# codec configs: (preset, overrides); measured by `codec_child`
+CODEC_CONFIGS = {
+    "codec-tiny": ("tiny", ["train.batch_size=4", "loss.adversarial_start=0"]),
+    "codec-mimi": ("mimi", ["train.batch_size=2", "data.segment_seconds=1.0", "loss.adversarial_start=0"]),
 }
 
 
@@ -88,6 +101,40 @@ def child(name: str, steps: int, threads: int, out: str) -> None:
     Path(f"{out}.rss{os.environ.get('RANK', '0')}").write_text(str(rss))
 
 
+def codec_child(name: str, steps: int, threads: int, out: str) -> None:
+    """One codec measurement in this process: `train_codec` for `steps` steps on a synthetic recording."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    torch.set_num_threads(threads)
+    from openmoshi.train.codec_config import CODEC_TRAIN_PRESETS, CodecTrainConfig
+    from openmoshi.train.codec_trainer import train_codec
+    from openmoshi.train.config import resolve_config
+
+    folder = Path(out + ".data")
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    t = np.arange(24000 * 20) / 24000
+    wav = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(t))) + 0.05 * rng.standard_normal(t.size)
+    sf.write(folder / "clip.wav", wav.astype(np.float32), 24000)
+    preset, overrides = CODEC_CONFIGS[name]
+    sets = [f"data.source={folder}", f"train.steps={steps}", "train.log_every=1", "train.val_every=0",
+            "train.checkpoint_every=0", *overrides]
+    cfg = resolve_config(CodecTrainConfig, preset, CODEC_TRAIN_PRESETS, sets)
+    run = Path(out + ".run")
+    train_codec(cfg, run, progress=False, log=lambda _m: None)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["audio_s_per_s"] for r in lines if "audio_s_per_s" in r]
+    from openmoshi.train.codec_trainer import build_mimi
+
+    n = sum(p.numel() for p in build_mimi(cfg, torch.device("cpu")).parameters())
+    Path(out).write_text(json.dumps({"params": n, "audio_s_per_s": statistics.median(rates[1:] or rates)}))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(f"{out}.rss0").write_text(str(rss))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,7 +167,8 @@ def measure(name: str, steps: int, threads: int, procs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS) + ["codec-tiny"],
+                        choices=list(CONFIGS) + list(CODEC_CONFIGS))
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--procs", type=int, nargs="+", default=[1])
     parser.add_argument("--threads", type=int, default=1)
@@ -128,18 +176,27 @@ def main() -> None:
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.steps, args.threads, args.out)
+        (codec_child if args.child in CODEC_CONFIGS else child)(args.child, args.steps, args.threads, args.out)
         return
     peak = matmul_gflops(args.threads)
     print(f"matmul peak (1024^2 fp32, {args.threads} thread(s)): {peak:.1f} GFLOP/s")
     print("| config | parameters | processes | frames/s | tokens/s | share of matmul peak | peak memory per process |")
     print("|---|---|---|---|---|---|---|")
-    for name in args.configs:
+    lm_configs = [c for c in args.configs if c in CONFIGS]
+    for name in lm_configs:
         for procs in args.procs:
             r = measure(name, args.steps, args.threads, procs)
             share = 6 * r["linear"] * r["frames_per_s"] / 1e9 / (peak * procs)
             print(f"| {name} | {r['params'] / 1e6:.1f}M | {procs} | {r['frames_per_s']:.1f} | "
                   f"{r['tokens_per_s']:.0f} | {100 * share:.0f}% | {r['rss_mb']:.0f} MB |", flush=True)
+
+    codec_configs = [c for c in args.configs if c in CODEC_CONFIGS]
+    if codec_configs:
+        print("\n| codec config | parameters | audio seconds trained per second | peak memory |")
+        print("|---|---|---|---|")
+    for name in codec_configs:
+        r = measure(name, args.steps, args.threads, 1)
+        print(f"| {name} | {r['params'] / 1e6:.1f}M | {r['audio_s_per_s']:.3f} | {r['rss_mb']:.0f} MB |", flush=True)
 
 
 if __name__ == "__main__":
