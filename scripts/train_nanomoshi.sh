@@ -33,7 +33,7 @@ SKIP=()
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "train_nanomoshi: error: $*" >&2; exit 2; }
 is_stage() { local s; for s in "${STAGES[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
-need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+need() { [ $# -ge 2 ] && [ -n "$2" ] && [[ "$2" != --* ]] || die "$1 needs a value"; }
 int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
 
 while [ $# -gt 0 ]; do
@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$VOCAB" -le 1024 ] || die "--vocab-size must be <= 1024 (the nano LM's text_card)"
-DATA_ROOT="$(realpath -m "$DATA_ROOT")"; EVAL_ROOT="$(realpath -m "$EVAL_ROOT")"; OUT="$(realpath -m "$OUT")"
+DATA_ROOT="$(realpath -m -- "$DATA_ROOT")"; EVAL_ROOT="$(realpath -m -- "$EVAL_ROOT")"; OUT="$(realpath -m -- "$OUT")"
 case "$OUT/" in "$DATA_ROOT/"*|"$EVAL_ROOT/"*) die "--out may not lie inside the data folders" ;; esac
 
 CLI=("$PY" -m openmoshi.cli)

@@ -12,9 +12,9 @@ Sections (each a dataclass; YAML and `--set` go through the shared strict mechan
 - `data`: crops and augmentation (`codec_data.CodecDataConfig`) plus the source, the held-out clips and how
   often their reconstructions are written.
 
-Presets: `tiny` (the tiny Mimi; trains here in minutes), `nano` (nanomoshi's codec, docs/nanomoshi.md) and `mimi` (the released size, FACTS.md "Training
-constants": AdamW 8e-4, betas (0.5, 0.9), weight EMA 0.99, 12 s windows, quantizer dropout, the unquantized
-latent for 50% of the sequences).
+Presets: `tiny` (the tiny Mimi; trains here in minutes), `nano` (nanomoshi's codec, docs/nanomoshi.md) and
+`mimi` (the released size, FACTS.md "Training constants": AdamW 8e-4, betas (0.5, 0.9), weight EMA 0.99, 12 s
+windows, quantizer dropout, the unquantized latent for 50% of the sequences).
 """
 
 from __future__ import annotations
