@@ -20,7 +20,7 @@ STAGES=(data codec snapshot tokenizer assets prepare lm-pre lm-post export)
 DATA_ROOT=/work/data/synth-v1
 EVAL_ROOT=/work/data/synth-v1-eval
 OUT=/work/data/nanomoshi
-CODEC_STEPS=2000
+CODEC_STEPS=1500
 PRE_STEPS=1500
 POST_STEPS=2500
 VOCAB=1024
@@ -143,9 +143,13 @@ run_assets() {  # a model folder holding only the codec and the tokenizer: what 
   cp "$OUT/tokenizer.model" "$OUT/assets/tokenizer.model"
   "$PY" - "$OUT/codec/export/config.json" "$OUT/assets/config.json" <<'EOF'
 import json, os, sys
+from openmoshi.train.lm_config import nano
+from openmoshi.train.lm_export import kyutai_config
+from openmoshi.train.lm_trainer import resolve_model_source
 codec = json.load(open(sys.argv[1]))
-cfg = {"mimi_name": "mimi.safetensors", "tokenizer_name": "tokenizer.model", "mimi": codec["mimi"],
-       "existing_text_padding_id": 3, "existing_text_end_padding_id": 0}
+# the nano LM's shapes and ids (card, text_card, PAD 3, EPAD 0), which `data prepare` checks the files against
+cfg = {**kyutai_config(resolve_model_source(nano()).cfg), "mimi_name": "mimi.safetensors",
+       "tokenizer_name": "tokenizer.model", "mimi": codec["mimi"]}
 open(sys.argv[2] + ".part", "w").write(json.dumps(cfg, indent=1) + "\n")
 os.replace(sys.argv[2] + ".part", sys.argv[2])
 EOF
@@ -216,4 +220,4 @@ for stage in "${STAGES[@]}"; do
   "done_$stage" || { log "stage $stage: ran but its output is missing (see $OUT/logs/$stage.log)"; exit 1; }
   log "stage $stage: done in $(( $(date +%s) - start )) s"
 done
-if [ "$DRY" = 1 ]; then log "nanomoshi: dry run, nothing done"; else log "nanomoshi: finished; model folder $OUT/export"; fi
+if [ "$DRY" = 1 ]; then log "nanomoshi: dry run, nothing done"; else log "nanomoshi: the selected stages are done (model folder: $OUT/export)"; fi
