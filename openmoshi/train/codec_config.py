@@ -142,7 +142,7 @@ def nano() -> CodecTrainConfig:
         discriminator=DiscriminatorConfig(filters=8, n_ffts=(1024, 512, 256), dilations=(1, 2, 4)),
         weight_ema=0.99,
         optim=CodecOptimConfig(lr=1e-3, betas=(0.5, 0.9), weight_decay=0.0, grad_clip=0.0),
-        train=LoopConfig(steps=8000, batch_size=4, log_every=20, val_every=500, checkpoint_every=250,
+        train=LoopConfig(steps=1500, batch_size=4, log_every=10, val_every=250, checkpoint_every=50,
                          keep_checkpoints=2),
         data=CodecDataSection(segment_seconds=2.0, noise_prob=0.1, held_out_clips=2, held_out_seconds=4.0),
     )
