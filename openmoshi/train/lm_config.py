@@ -182,7 +182,7 @@ def instruct() -> LMTrainConfig:
 
 # nanomoshi's LM (docs/nanomoshi.md): an RQ-Transformer of Moshi's structure (text + 8 + 8 codebooks, the depth
 # transformer generating Moshi's 8), 6 temporal layers of 256, a 2-layer depth transformer of 128, the nano
-# codec's 1024-entry codebooks and a 1024-piece tokenizer; 20 s crops. About 15 M parameters.
+# codec's 1024-entry codebooks and a 1024-piece tokenizer; 16 s crops. About 15 M parameters.
 NANO_LM = dict(
     dim=256, num_layers=6, num_heads=4, hidden=704, context=250, n_q=16, dep_q=8, card=1024, text_card=1024,
     delays=(0,) + (0, 1, 1, 1, 1, 1, 1, 1) * 2, depformer_dim=128, depformer_num_layers=2,
@@ -199,9 +199,9 @@ def nano() -> LMTrainConfig:
         loss=LMLossSection(codebooks="moshi", acoustic_delay=2, text_mask_prob=0.3),
         optim=_optim(1e-3, 2e-3, grad_clip=1.0),
         schedule=ScheduleConfig("cosine", warmup_steps=100, min_lr_ratio=0.1),
-        train=LoopConfig(steps=1500, batch_size=8, log_every=10, val_every=250, val_batches=4,
-                         checkpoint_every=50, keep_checkpoints=2),
-        data=LMDataConfig(seq_frames=250, val_share=0.03),
+        train=LoopConfig(steps=800, batch_size=8, log_every=10, val_every=200, val_batches=4,
+                         checkpoint_every=25, keep_checkpoints=2),
+        data=LMDataConfig(seq_frames=200, val_share=0.03),
     )
 
 
@@ -212,7 +212,7 @@ def nano_post() -> LMTrainConfig:
     cfg.loss = LMLossSection(codebooks="moshi", acoustic_delay=1)
     cfg.optim = _optim(5e-4, 1e-3, grad_clip=1.0)
     cfg.schedule = ScheduleConfig("cosine", warmup_steps=50, min_lr_ratio=0.05)
-    cfg.train.steps = 2500
+    cfg.train.steps = 1600
     return cfg
 
 
