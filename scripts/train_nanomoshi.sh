@@ -5,7 +5,7 @@
 #
 #   scripts/train_nanomoshi.sh [--data-root DIR] [--eval-root DIR] [--out DIR] [--only STAGE ...]
 #                              [--skip STAGE ...] [--codec-steps N] [--pre-steps N] [--post-steps N]
-#                              [--vocab-size N] [--hours H] [--threads N] [--dry-run]
+#                              [--vocab-size N] [--hours H] [--min-hours H] [--threads N] [--dry-run]
 #
 # Outputs under --out (default /work/data/nanomoshi): codec/ (the codec run), data/train.jsonl (the frozen list
 # of conversations the LM trains on) and its prepared/ codes, tokenizer.model, assets/ (codec + tokenizer in
@@ -25,6 +25,7 @@ PRE_STEPS=800
 POST_STEPS=1600
 VOCAB=1024
 HOURS=20
+MIN_HOURS=0
 THREADS=2
 DRY=0
 ONLY=()
@@ -48,6 +49,7 @@ while [ $# -gt 0 ]; do
     --post-steps) need "$@"; int "$1" "$2"; POST_STEPS="$2"; shift 2 ;;
     --vocab-size) need "$@"; int "$1" "$2"; VOCAB="$2"; shift 2 ;;
     --hours) need "$@"; [[ "$2" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--hours must be a number"; HOURS="$2"; shift 2 ;;
+    --min-hours) need "$@"; [[ "$2" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--min-hours must be a number"; MIN_HOURS="$2"; shift 2 ;;
     --threads) need "$@"; int "$1" "$2"; THREADS="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -111,8 +113,19 @@ run_codec() {
   train_run codec "$OUT/codec" "$CODEC_STEPS" nano --data "$MANIFEST" --set teacher=whisper-tiny.en "${held[@]}"
 }
 
+manifest_hours() {
+  "$PY" -c 'import json, sys; print(sum(json.loads(l)["duration"] for l in open(sys.argv[1]) if l.strip()) / 3600)' "$1"
+}
+
 run_snapshot() {  # freeze the conversations finished now (the generator may still be adding more)
   mkdir -p "$OUT/data"
+  local waited=0 have
+  # --min-hours: wait (up to 6 h) for a generator still running to reach that much data
+  while have="$(manifest_hours "$MANIFEST")" && "$PY" -c "import sys; sys.exit(not $have < $MIN_HOURS)" \
+        && [ "$waited" -lt 21600 ]; do
+    [ $((waited % 600)) = 0 ] && echo "snapshot: $have h of data, waiting for $MIN_HOURS h"
+    sleep 60; waited=$((waited + 60))
+  done
   "$PY" - "$MANIFEST" "$TRAIN_LIST" <<'EOF'
 import json, os, sys
 from pathlib import Path

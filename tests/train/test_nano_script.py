@@ -118,3 +118,20 @@ def test_a_failing_stage_stops_the_pipeline(tmp_path: Path) -> None:
     assert r.returncode == 1 and "boom" in r.stderr
     log = (out / "pipeline.log").read_text()
     assert "stage codec: FAILED" in log and "stage snapshot" not in log
+
+
+def test_snapshot_freezes_the_finished_conversations(tmp_path: Path) -> None:
+    import sys
+
+    root = data_root(tmp_path, lines=3)
+    for i in (0, 2):  # conversation 1 is unfinished: no wav, no sidecar
+        (root / f"c{i}.wav").write_bytes(b"RIFF")
+        (root / f"c{i}.json").write_text('{"alignments": []}')
+    out = tmp_path / "out"
+    r = run("--data-root", str(root), "--out", str(out), "--only", "snapshot", "--min-hours", "0.0001",
+            env={"OPENMOSHI_PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout + r.stderr
+    frozen = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    assert [e["path"] for e in frozen] == [str(root / "c0.wav"), str(root / "c2.wav")]
+    again = run("--data-root", str(root), "--out", str(out), "--only", "snapshot")
+    assert "stage snapshot: complete, skipped" in again.stdout  # frozen: later conversations do not change it
