@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .common import add_threads_argument, apply_threads, error, positive_int
 
-PRESET_NAMES = ("tiny", "mimi")  # codec_config.CODEC_TRAIN_PRESETS, named here without importing torch
+PRESET_NAMES = ("tiny", "nano", "mimi")  # codec_config.CODEC_TRAIN_PRESETS, named here without importing torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .common import add_threads_argument, apply_threads, error, positive_int
 
-PRESET_NAMES = ("tiny", "pretrain", "posttrain", "finetune", "finetune_lora", "instruct")  # lm_config, torch-free
+PRESET_NAMES = ("tiny", "pretrain", "posttrain", "finetune", "finetune_lora", "instruct", "nano",
+                "nano_post")  # lm_config, torch-free
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,9 +12,9 @@ Sections (each a dataclass; YAML and `--set` go through the shared strict mechan
 - `data`: crops and augmentation (`codec_data.CodecDataConfig`) plus the source, the held-out clips and how
   often their reconstructions are written.
 
-Presets: `tiny` (the tiny Mimi; trains here in minutes) and `mimi` (the released size, FACTS.md "Training
-constants": AdamW 8e-4, betas (0.5, 0.9), weight EMA 0.99, 12 s windows, quantizer dropout, the unquantized
-latent for 50% of the sequences).
+Presets: `tiny` (the tiny Mimi; trains here in minutes), `nano` (nanomoshi's codec, docs/nanomoshi.md) and
+`mimi` (the released size, FACTS.md "Training constants": AdamW 8e-4, betas (0.5, 0.9), weight EMA 0.99, 12 s
+windows, quantizer dropout, the unquantized latent for 50% of the sequences).
 """
 
 from __future__ import annotations
@@ -121,5 +121,32 @@ def mimi() -> CodecTrainConfig:
     )
 
 
+# nanomoshi's codec (docs/nanomoshi.md): Mimi's architecture and 12.5 Hz frames (SEANet ratios 8,6,5,4 and the
+# stride-2 resampling: 1920-sample frames), narrower (128 channels, 16 filters), a 2-layer transformer on each
+# side, 8 codebooks of 1024 entries (1 semantic + 7 acoustic). Sized to train on 2 CPU cores in a few hours.
+NANO_MIMI = {
+    "preset": "mimi",
+    "seanet": {"dimension": 128, "n_filters": 16},
+    "transformer": {"d_model": 128, "num_heads": 4, "num_layers": 2, "dim_feedforward": 512, "context": 250},
+    "quantizer": {"dimension": 128, "codebook_dim": 64, "codebook_size": 1024, "num_semantic": 1,
+                  "num_acoustic": 7},
+}
+
+
+def nano() -> CodecTrainConfig:
+    return CodecTrainConfig(
+        model=CodecModelSection("mimi", overrides={k: v for k, v in NANO_MIMI.items() if k != "preset"}),
+        quantizer=QuantizerTraining(ema_decay=0.99, dead_code_ratio=0.1, dropout_prob=0.5),
+        loss=CodecLossConfig(mel=1.0, adversarial=1.0, feature_matching=1.0, unquantized_share=0.5,
+                             adversarial_start=1000),
+        discriminator=DiscriminatorConfig(filters=8, n_ffts=(1024, 512, 256), dilations=(1, 2, 4)),
+        weight_ema=0.99,
+        optim=CodecOptimConfig(lr=1e-3, betas=(0.5, 0.9), weight_decay=0.0, grad_clip=0.0),
+        train=LoopConfig(steps=1500, batch_size=4, log_every=10, val_every=250, checkpoint_every=50,
+                         keep_checkpoints=2),
+        data=CodecDataSection(segment_seconds=2.0, noise_prob=0.1, held_out_clips=2, held_out_seconds=4.0),
+    )
+
+
 # The first entry is the base of a YAML file that names no preset.
-CODEC_TRAIN_PRESETS: dict[str, Callable[[], CodecTrainConfig]] = {"tiny": tiny, "mimi": mimi}
+CODEC_TRAIN_PRESETS: dict[str, Callable[[], CodecTrainConfig]] = {"tiny": tiny, "mimi": mimi, "nano": nano}

@@ -8,7 +8,8 @@ Figures from FACTS.md "Training constants":
 - `finetune_lora`: Kyutai's LoRA recipe (rank 128, scaling 2, all linear layers, lr 2e-6, one-cycle with 5%
   warm-up, grad clip 1.0, 100 s sequences);
 - `instruct`: synthetic dialogues, 2e-6 for both parts;
-- `tiny`: the tiny architecture and fast settings, trains (or fine-tunes a tiny model) here in seconds.
+- `tiny`: the tiny architecture and fast settings, trains (or fine-tunes a tiny model) here in seconds;
+- `nano`, `nano_post`: nanomoshi's two stages (docs/nanomoshi.md), a ~15 M-parameter model trained on 2 CPU cores.
 All use AdamW with betas (0.9, 0.95) and weight decay 0.1. With `--model` the checkpoint's architecture stands
 and `model.*` is ignored; everything else comes from the preset.
 """
@@ -179,8 +180,44 @@ def instruct() -> LMTrainConfig:
     return cfg
 
 
+# nanomoshi's LM (docs/nanomoshi.md): an RQ-Transformer of Moshi's structure (text + 8 + 8 codebooks, the depth
+# transformer generating Moshi's 8), 6 temporal layers of 256, a 2-layer depth transformer of 128, the nano
+# codec's 1024-entry codebooks and a 1024-piece tokenizer; 16 s crops. About 15 M parameters.
+NANO_LM = dict(
+    dim=256, num_layers=6, num_heads=4, hidden=704, context=250, n_q=16, dep_q=8, card=1024, text_card=1024,
+    delays=(0,) + (0, 1, 1, 1, 1, 1, 1, 1) * 2, depformer_dim=128, depformer_num_layers=2,
+    depformer_num_heads=4, depformer_hidden=352, text_padding_id=3, text_end_padding_id=0,
+)
+
+
+def nano() -> LMTrainConfig:
+    """nanomoshi's first stage, from scratch: acoustic delay 2 and the text stream masked in 30% of the
+    sequences (FACTS.md's pre-training recipe), on whatever the data is (the synthetic dialogues)."""
+    return LMTrainConfig(
+        model=LMArchConfig("tiny", overrides={k: (list(v) if isinstance(v, tuple) else v)
+                                              for k, v in NANO_LM.items()}),
+        loss=LMLossSection(codebooks="moshi", acoustic_delay=2, text_mask_prob=0.3),
+        optim=_optim(1e-3, 2e-3, grad_clip=1.0),
+        schedule=ScheduleConfig("cosine", warmup_steps=100, min_lr_ratio=0.1),
+        train=LoopConfig(steps=800, batch_size=8, log_every=10, val_every=200, val_batches=4,
+                         checkpoint_every=25, keep_checkpoints=2),
+        data=LMDataConfig(seq_frames=200, val_share=0.03),
+    )
+
+
+def nano_post() -> LMTrainConfig:
+    """nanomoshi's second stage (`--model` = the first stage's export): the dialogues with acoustic delay 1 and
+    the whole text stream (FACTS.md's post-training), at a lower learning rate."""
+    cfg = nano()
+    cfg.loss = LMLossSection(codebooks="moshi", acoustic_delay=1)
+    cfg.optim = _optim(5e-4, 1e-3, grad_clip=1.0)
+    cfg.schedule = ScheduleConfig("cosine", warmup_steps=50, min_lr_ratio=0.05)
+    cfg.train.steps = 1600
+    return cfg
+
+
 # The first entry is the base of a YAML file that names no preset.
 LM_TRAIN_PRESETS: dict[str, Callable[[], LMTrainConfig]] = {
     "tiny": tiny, "pretrain": pretrain, "posttrain": posttrain, "finetune": finetune,
-    "finetune_lora": finetune_lora, "instruct": instruct,
+    "finetune_lora": finetune_lora, "instruct": instruct, "nano": nano, "nano_post": nano_post,
 }
