@@ -84,29 +84,29 @@ def _same(a: list[dict], b: list[dict], what: str) -> None:
 
 
 def test_torchrun_two_processes_and_two_nodes_equal_one_process(tmp_path):
+    # Both launches start at once (their imports overlap), the single-process reference runs meanwhile.
     # (a) one launcher, 2 processes
     procs = tmp_path / "procs"
     log_a = tmp_path / "procs.log"
-    _wait_all([_torchrun(["--standalone", "--nproc-per-node", "2"], procs, log_a)], [log_a])
-    a = _curve(procs)
-    assert "done: step 3" in log_a.read_text()
+    launchers = [_torchrun(["--standalone", "--nproc-per-node", "2"], procs, log_a)]
     # (b) two launchers of 1 process each, meeting at a c10d rendezvous on localhost (the first hosts its store)
     nodes = tmp_path / "nodes"
     endpoint = f"127.0.0.1:{_free_port()}"
-    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
-    launchers = []
-    for i, log in enumerate(logs):
+    logs = [log_a, tmp_path / "node0.log", tmp_path / "node1.log"]
+    for i, log in enumerate(logs[1:]):
         args = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
                 "--rdzv-id", "nodes-test", "--rdzv-conf", f"is_host={'true' if i == 0 else 'false'}",
                 "--local-addr", "127.0.0.1"]
         launchers.append(_torchrun(args, nodes, log))
-    _wait_all(launchers, logs)
-    b = _curve(nodes)
-    assert sum("done: step 3" in log.read_text() for log in logs) == 1  # rank 0 reports, on one node
-    # (c) one process accumulating 2 micro-batches of the same global batch (in this process: no launcher)
-    single = tmp_path / "single"
-    assert cli.main([*TRAIN, "--out", str(single), "--set", "train.grad_accum=2"]) == 0
-    c = _curve(single)
+    try:
+        # (c) one process accumulating 2 micro-batches of the same global batch (in this process: no launcher)
+        single = tmp_path / "single"
+        assert cli.main([*TRAIN, "--out", str(single), "--set", "train.grad_accum=2"]) == 0
+    finally:
+        _wait_all(launchers, logs)
+    a, b, c = _curve(procs), _curve(nodes), _curve(single)
+    assert "done: step 3" in log_a.read_text()
+    assert sum("done: step 3" in log.read_text() for log in logs[1:]) == 1  # rank 0 reports, on one node
     _same(a, b, "2 processes vs 2 nodes")
     _same(c, a, "1 process x 2 micro-batches vs 2 processes")
     assert a[0]["loss"] != a[-1]["loss"]  # it trained: the compared curve is not flat
