@@ -15,23 +15,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-
-def unavailable() -> str | None:
-    """Why microphone mode cannot run here (no sounddevice, no PortAudio, no device), or None."""
-    hint = "install it with `pip install 'openmoshi[audio]'` (it needs the PortAudio library), or use --input FILE.wav"
-    try:
-        import sounddevice as sd
-    except ImportError:
-        return f"microphone mode needs the sounddevice package; {hint}"
-    except OSError as err:  # sounddevice imports but PortAudio cannot be loaded
-        return f"microphone mode cannot load PortAudio ({err}); {hint}"
-    for kind in ("input", "output"):
-        try:
-            sd.query_devices(kind=kind)
-        except (sd.PortAudioError, ValueError):
-            return (f"no audio {kind} device found (a microphone and a speaker are needed); "
-                    "use --input FILE.wav --output OUT.wav to talk over a recording")
-    return None
+from ..sound_devices import unavailable  # noqa: F401  (the mode's check, used by its command)
 
 
 class SpeakerBuffer:
