@@ -1,4 +1,4 @@
-"""Kyutai's Mimi tensor names -> ours, and strict loading from safetensors.
+"""Kyutai's Mimi tensor names <-> ours, and strict loading from safetensors.
 
 Two Kyutai namings are accepted: the in-memory one of the reference package (`self_attn.in_projs.0.weight`,
 `self_attn.out_projs.0.weight`) and the one of the published files (`self_attn.in_proj_weight`,
@@ -29,7 +29,8 @@ from .presets import DEFAULT_MIMI_PRESET, mimi_preset
 if TYPE_CHECKING:
     from .mimi import Mimi, MimiConfig
 
-__all__ = ["CheckpointError", "kyutai_to_ours", "kyutai_placement", "load_safetensors", "load_state", "load_mimi"]
+__all__ = ["CheckpointError", "kyutai_to_ours", "ours_to_kyutai", "to_kyutai_state", "kyutai_placement",
+           "load_safetensors", "load_state", "load_mimi"]
 
 
 def _seanet(part: str, idx: int, rest: str, num_stages: int) -> str | None:
@@ -77,6 +78,43 @@ def kyutai_to_ours(name: str, num_stages: int = 4) -> str | None:
     if name == "upsample.convtr.convtr.convtr.weight":
         return "upsample.weight"
     return None
+
+
+# ours -> Kyutai's published leaf names (the in-memory `in_projs.0` forms are accepted on loading only)
+_LEAVES = {ours: theirs for theirs, ours in _TRANSFORMER_LEAVES.items() if "projs." not in theirs}
+
+
+def ours_to_kyutai(name: str, num_stages: int = 4) -> str:
+    """Kyutai's published name of one of our Mimi tensor names; KeyError for a name Mimi does not have."""
+    if m := re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.(weight|bias)", name):
+        idx = 0 if m[2] == "conv_in" else 3 * num_stages + 2
+        return f"{m[1]}.model.{idx}.conv.conv.{m[3]}"
+    if m := re.fullmatch(r"encoder\.stages\.(\d+)\.(residual\.conv1|residual\.conv2|down)\.(weight|bias)", name):
+        s = int(m[1])
+        if m[2] == "down":
+            return f"encoder.model.{3 + 3 * s}.conv.conv.{m[3]}"
+        return f"encoder.model.{1 + 3 * s}.block.{1 if m[2].endswith('1') else 3}.conv.conv.{m[3]}"
+    if m := re.fullmatch(r"decoder\.stages\.(\d+)\.(residual\.conv1|residual\.conv2|up)\.(weight|bias)", name):
+        s = int(m[1])
+        if m[2] == "up":
+            return f"decoder.model.{2 + 3 * s}.convtr.convtr.{m[3]}"
+        return f"decoder.model.{3 + 3 * s}.block.{1 if m[2].endswith('1') else 3}.conv.conv.{m[3]}"
+    if m := re.fullmatch(r"(encoder|decoder)_transformer\.layers\.(\d+)\.(.+)", name):
+        return f"{m[1]}_transformer.transformer.layers.{m[2]}.{_LEAVES.get(m[3], m[3])}"
+    if m := re.fullmatch(r"quantizer\.(semantic|acoustic)\.(input_proj|output_proj)", name):
+        return f"quantizer.rvq_{'first' if m[1] == 'semantic' else 'rest'}.{m[2]}.weight"
+    if m := re.fullmatch(r"quantizer\.(semantic|acoustic)\.codebooks\.(\d+)\.(\w+)", name):
+        return f"quantizer.rvq_{'first' if m[1] == 'semantic' else 'rest'}.vq.layers.{m[2]}._codebook.{m[3]}"
+    if name == "downsample.weight":
+        return "downsample.conv.conv.conv.weight"
+    if name == "upsample.weight":
+        return "upsample.convtr.convtr.convtr.weight"
+    raise KeyError(f"not a Mimi tensor name: {name}")
+
+
+def to_kyutai_state(state: Mapping[str, Tensor], num_stages: int = 4) -> dict[str, Tensor]:
+    """Our state dict -> Kyutai's published naming (contiguous CPU tensors, ready for safetensors)."""
+    return {ours_to_kyutai(k, num_stages): v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def kyutai_placement(name: str, num_stages: int = 4) -> Placement | None:

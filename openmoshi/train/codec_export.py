@@ -6,14 +6,14 @@ MimiConfig as the overrides of `codec/presets.py`). Kyutai's loaders read the sa
 ours read the folder: `openmoshi eval codec --model FOLDER`, `openmoshi codec --weights FOLDER/mimi.safetensors
 --preset ...`, and a full model folder whose config.json carries the same `mimi` object.
 
-`ours_to_kyutai` is the inverse of `codec.checkpoint.kyutai_to_ours` (tested name by name on both sizes).
+The naming itself lives with the rest of Kyutai's names, in `codec/checkpoint.py` (`ours_to_kyutai`, the inverse
+of `kyutai_to_ours`, tested name by name on both sizes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,46 +21,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..codec.checkpoint import to_kyutai_state
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_codec", "mimi_overrides"]
+
 if TYPE_CHECKING:
     from ..codec.mimi import MimiConfig
 
 WEIGHTS_NAME = "mimi.safetensors"
 CONFIG_NAME = "config.json"
-_LEAVES = {"attn.in_proj.weight": "self_attn.in_proj_weight", "attn.out_proj.weight": "self_attn.out_proj.weight",
-           "ff.linear1.weight": "linear1.weight", "ff.linear2.weight": "linear2.weight"}
-
-
-def ours_to_kyutai(name: str, num_stages: int = 4) -> str:
-    """Kyutai's published name of one of our Mimi tensor names; KeyError for a name Mimi does not have."""
-    if m := re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.(weight|bias)", name):
-        idx = 0 if m[2] == "conv_in" else 3 * num_stages + 2
-        return f"{m[1]}.model.{idx}.conv.conv.{m[3]}"
-    if m := re.fullmatch(r"encoder\.stages\.(\d+)\.(residual\.conv1|residual\.conv2|down)\.(weight|bias)", name):
-        s = int(m[1])
-        if m[2] == "down":
-            return f"encoder.model.{3 + 3 * s}.conv.conv.{m[3]}"
-        return f"encoder.model.{1 + 3 * s}.block.{1 if m[2].endswith('1') else 3}.conv.conv.{m[3]}"
-    if m := re.fullmatch(r"decoder\.stages\.(\d+)\.(residual\.conv1|residual\.conv2|up)\.(weight|bias)", name):
-        s = int(m[1])
-        if m[2] == "up":
-            return f"decoder.model.{2 + 3 * s}.convtr.convtr.{m[3]}"
-        return f"decoder.model.{3 + 3 * s}.block.{1 if m[2].endswith('1') else 3}.conv.conv.{m[3]}"
-    if m := re.fullmatch(r"(encoder|decoder)_transformer\.layers\.(\d+)\.(.+)", name):
-        return f"{m[1]}_transformer.transformer.layers.{m[2]}.{_LEAVES.get(m[3], m[3])}"
-    if m := re.fullmatch(r"quantizer\.(semantic|acoustic)\.(input_proj|output_proj)", name):
-        return f"quantizer.rvq_{'first' if m[1] == 'semantic' else 'rest'}.{m[2]}.weight"
-    if m := re.fullmatch(r"quantizer\.(semantic|acoustic)\.codebooks\.(\d+)\.(\w+)", name):
-        return f"quantizer.rvq_{'first' if m[1] == 'semantic' else 'rest'}.vq.layers.{m[2]}._codebook.{m[3]}"
-    if name == "downsample.weight":
-        return "downsample.conv.conv.conv.weight"
-    if name == "upsample.weight":
-        return "upsample.convtr.convtr.convtr.weight"
-    raise KeyError(f"not a Mimi tensor name: {name}")
-
-
-def to_kyutai_state(state: Mapping[str, Tensor], num_stages: int = 4) -> dict[str, Tensor]:
-    """Our state dict -> Kyutai's published naming (contiguous CPU tensors, ready for safetensors)."""
-    return {ours_to_kyutai(k, num_stages): v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def mimi_overrides(cfg: MimiConfig) -> dict[str, Any]:

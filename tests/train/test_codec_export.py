@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openmoshi.codec.checkpoint import kyutai_to_ours, load_mimi
+from openmoshi.codec.checkpoint import kyutai_to_ours, load_mimi, ours_to_kyutai
 from openmoshi.codec.mimi import Mimi, MimiConfig
 from openmoshi.codec.presets import mimi_config_from_overrides
 from openmoshi.codec.quantizer import QuantizerTraining
 from openmoshi.model_files import resolve_model_files
 from openmoshi.nn.streaming import streaming
 from openmoshi.testing.mimi_init import randomize_model, reference_shapes, to_published_naming
-from openmoshi.train.codec_export import export_codec, mimi_overrides, ours_to_kyutai
+from openmoshi.train.codec_export import export_codec, mimi_overrides
 from openmoshi.train.codec_step import CodecBatch, CodecLossConfig, codec_optimizers, codec_parts, codec_step
 
 
