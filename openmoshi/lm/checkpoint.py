@@ -1,4 +1,5 @@
-"""Loading language-model weights: Kyutai's naming (published files and in-memory) and ours, strictly.
+"""Loading language-model weights: Kyutai's naming (published files and in-memory) and ours, strictly; and the
+inverse, `kyutai_state_dict` (ours -> Kyutai's published names, for exports).
 
 Kyutai's names map onto ours as follows (i = layer, k = step / codebook):
   emb.{k}.weight                         -> audio_emb.weight[k]
@@ -131,3 +132,52 @@ def load_lm(
     model = build_empty(cfg, device=device, dtype=dtype)
     load_checkpoint(model, path, kyutai_placement)
     return model.eval()
+
+
+def kyutai_state_dict(state: Mapping[str, torch.Tensor], cfg: LMConfig | None = None) -> dict[str, torch.Tensor]:
+    """Our LM state dict -> Kyutai's published naming (contiguous CPU tensors): `alpha` norms (1, 1, D),
+    per-codebook `emb.{k}` / `depformer_in.{k}` / `linears.{k}`, the depth transformer's attention stacked
+    step-major as `in_proj_weight` / `out_proj.weight`. (`cfg` is unused: every shape comes from the tensors.)"""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        t = t.detach().cpu()
+        parts = name.split(".")
+        if name == "audio_emb.weight":
+            out.update({f"emb.{k}.weight": t[k] for k in range(t.shape[0])})
+        elif name in ("text_emb.weight", "text_linear.weight"):
+            out[name] = t
+        elif name == "out_norm.weight":
+            out["out_norm.alpha"] = t.view(1, 1, -1)
+        elif name.startswith("transformer.layers."):
+            i, rest = parts[2], ".".join(parts[3:])
+            prefix = f"transformer.layers.{i}"
+            out.update(_export_layer(prefix, rest, t, stacked=False))
+        elif name == "depformer.in_proj.weight":
+            out.update({f"depformer_in.{k}.weight": t[k] for k in range(t.shape[0])})
+        elif name == "depformer.audio_emb.weight":
+            out.update({f"depformer_emb.{k}.weight": t[k] for k in range(t.shape[0])})
+        elif name == "depformer.text_emb.weight":
+            out["depformer_text_emb.weight"] = t
+        elif name == "depformer.heads.weight":
+            out.update({f"linears.{k}.weight": t[k] for k in range(t.shape[0])})
+        elif name.startswith("depformer.transformer.layers."):
+            i, rest = parts[3], ".".join(parts[4:])
+            out.update(_export_layer(f"depformer.layers.{i}", rest, t, stacked=True))
+        else:
+            raise ValueError(f"cannot export tensor {name}: no Kyutai name for it")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _export_layer(prefix: str, rest: str, t: torch.Tensor, stacked: bool) -> dict[str, torch.Tensor]:
+    if rest in ("norm1.weight", "norm2.weight"):
+        return {f"{prefix}.{rest.split('.')[0]}.alpha": t.view(1, 1, -1)}
+    if rest == "attn.in_proj.weight":  # depth: [S, 3Dd, Dd] -> (S*3Dd, Dd), step-major
+        return {f"{prefix}.self_attn.in_proj_weight": t.reshape(-1, t.shape[-1]) if stacked else t}
+    if rest == "attn.out_proj.weight":
+        return {f"{prefix}.self_attn.out_proj.weight": t.reshape(-1, t.shape[-1]) if stacked else t}
+    for w in ("in", "out"):
+        if rest == f"ff.linear_{w}.weight":
+            if stacked:
+                return {f"{prefix}.gating.{k}.linear_{w}.weight": t[k] for k in range(t.shape[0])}
+            return {f"{prefix}.gating.linear_{w}.weight": t}
+    raise ValueError(f"cannot export tensor {prefix}.{rest}: no Kyutai name for it")

@@ -6,9 +6,8 @@ RUN/export/
   tokenizer-e351c8d8-checkpoint125.safetensors   Mimi, copied from the model the run started from
   tokenizer_spm_32k_3.model                      the text tokenizer, likewise
 
-`kyutai_state_dict(state, cfg)` is the inverse of lm/checkpoint.py's mapping (ours -> Kyutai's published
-names: `alpha` norms (1, 1, D), per-codebook `emb.{k}` / `depformer_in.{k}` / `linears.{k}`, the depth
-transformer's attention stacked step-major as `in_proj_weight` / `out_proj.weight`).
+The tensor names come from the one adapter of Kyutai's names, lm/checkpoint.py (`kyutai_state_dict`, the inverse
+of its loading mapping).
 """
 
 from __future__ import annotations
@@ -23,54 +22,8 @@ from typing import Any
 import torch
 
 from ..io_safety import write_text
+from ..lm.checkpoint import kyutai_state_dict
 from ..lm.config import DEFAULT_MIMI_NAME, DEFAULT_MOSHI_NAME, DEFAULT_TOKENIZER_NAME, LMConfig
-
-
-def kyutai_state_dict(state: Mapping[str, torch.Tensor], cfg: LMConfig) -> dict[str, torch.Tensor]:
-    """Our LM state dict -> Kyutai's published naming (contiguous CPU tensors)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t in state.items():
-        t = t.detach().cpu()
-        parts = name.split(".")
-        if name == "audio_emb.weight":
-            out.update({f"emb.{k}.weight": t[k] for k in range(t.shape[0])})
-        elif name in ("text_emb.weight", "text_linear.weight"):
-            out[name] = t
-        elif name == "out_norm.weight":
-            out["out_norm.alpha"] = t.view(1, 1, -1)
-        elif name.startswith("transformer.layers."):
-            i, rest = parts[2], ".".join(parts[3:])
-            prefix = f"transformer.layers.{i}"
-            out.update(_layer(prefix, rest, t, stacked=False))
-        elif name == "depformer.in_proj.weight":
-            out.update({f"depformer_in.{k}.weight": t[k] for k in range(t.shape[0])})
-        elif name == "depformer.audio_emb.weight":
-            out.update({f"depformer_emb.{k}.weight": t[k] for k in range(t.shape[0])})
-        elif name == "depformer.text_emb.weight":
-            out["depformer_text_emb.weight"] = t
-        elif name == "depformer.heads.weight":
-            out.update({f"linears.{k}.weight": t[k] for k in range(t.shape[0])})
-        elif name.startswith("depformer.transformer.layers."):
-            i, rest = parts[3], ".".join(parts[4:])
-            out.update(_layer(f"depformer.layers.{i}", rest, t, stacked=True))
-        else:
-            raise ValueError(f"cannot export tensor {name}: no Kyutai name for it")
-    return {k: v.contiguous() for k, v in out.items()}
-
-
-def _layer(prefix: str, rest: str, t: torch.Tensor, stacked: bool) -> dict[str, torch.Tensor]:
-    if rest in ("norm1.weight", "norm2.weight"):
-        return {f"{prefix}.{rest.split('.')[0]}.alpha": t.view(1, 1, -1)}
-    if rest == "attn.in_proj.weight":  # depth: [S, 3Dd, Dd] -> (S*3Dd, Dd), step-major
-        return {f"{prefix}.self_attn.in_proj_weight": t.reshape(-1, t.shape[-1]) if stacked else t}
-    if rest == "attn.out_proj.weight":
-        return {f"{prefix}.self_attn.out_proj.weight": t.reshape(-1, t.shape[-1]) if stacked else t}
-    for w in ("in", "out"):
-        if rest == f"ff.linear_{w}.weight":
-            if stacked:
-                return {f"{prefix}.gating.{k}.linear_{w}.weight": t[k] for k in range(t.shape[0])}
-            return {f"{prefix}.gating.linear_{w}.weight": t}
-    raise ValueError(f"cannot export tensor {prefix}.{rest}: no Kyutai name for it")
 
 
 def kyutai_config(cfg: LMConfig) -> dict[str, Any]:
