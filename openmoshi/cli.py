@@ -16,8 +16,8 @@ from typing import NoReturn
 
 # name -> (module, one-line help). Modules are imported lazily so `openmoshi --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("openmoshi.commands.demo", "the main job: a Mimi round trip of the bundled example recording"),
-    "codec": ("openmoshi.commands.codec", "encode audio to Mimi codes, decode codes to audio"),
+    "demo": ("openmoshi.commands.demo", "the main job: a conversation with the bundled model over a spoken question"),
+    "codec": ("openmoshi.commands.codec", "encode audio to Mimi codes, decode codes to audio, a round-trip demo"),
     "helium": ("openmoshi.commands.helium", "run a checkpoint's temporal transformer as a text model"),
     "chat": ("openmoshi.commands.chat", "talk with Moshi, from a recording or a microphone"),
     "serve": ("openmoshi.commands.serve", "serve Moshi to browsers and clients (websocket /api/chat, web page)"),

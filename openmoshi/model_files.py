@@ -1,6 +1,9 @@
 """Finding a model's files: a local folder or a Hugging Face repo in the layout of Kyutai's repos (one resolver).
 
-Every command finds its files here (`chat` all three, `helium` the LM and the tokenizer, `demo` Mimi alone). A
+Every command finds its files here (`chat` all three, `helium` the LM and the tokenizer, `codec demo` Mimi alone).
+Without a model (`model=None`) the default is the bundled nanomoshi (`default_model.py`; ModelFilesError naming
+both ways out in a checkout without its weights); the tools made for Kyutai's checkpoints (`data prepare`, `eval
+codec`, `codec demo`) pass `default=DEFAULT_REPO` (Kyutai's moshiko) instead, and `helium` names it itself. A
 model is up to three files plus an optional `config.json` (Kyutai's layout, parsed by `parse_kyutai_config`):
 - `model.safetensors`: the language model (role "moshi");
 - `tokenizer-e351c8d8-checkpoint125.safetensors`: Mimi (role "mimi");
@@ -274,8 +277,10 @@ def resolve_model_files(
     roles: Iterable[str] = ROLES,
     flags: Mapping[str, str] | None = None,
     lora: str | None = None,
+    default: str | None = None,
 ) -> ModelFiles:
-    """Find a model's files: `model` is a local folder or a hub repo id (None: Kyutai's moshiko).
+    """Find a model's files: `model` is a local folder or a hub repo id (None: `default`, a folder or repo id, or
+    when that is None too the bundled nanomoshi, `default_model.bundled_model_dir()`).
 
     `roles`: the files wanted ("moshi", "mimi", "tokenizer"); the others are not looked for (None in the result).
     Explicit file paths replace the folder's or repo's files one by one (they are not downloaded); when every
@@ -292,9 +297,9 @@ def resolve_model_files(
         raise ModelFilesError(f"model config not found: {config}")
     if config:
         explicit["config"] = str(Path(config).expanduser())
-    name = model or DEFAULT_REPO
     if model is None and all(explicit[r] for r in roles):
         return _all_explicit(explicit, roles, flags, lora)
+    name = model or default or _bundled(flags)
     local = Path(name).expanduser()
     if local.exists():
         return _resolve_folder(local, explicit, roles, flags, lora)
@@ -303,6 +308,15 @@ def resolve_model_files(
     raise ModelFilesError(
         f"{flags.get('model') or 'the model'} {name!r} is neither an existing folder nor a Hugging Face repo id "
         "(owner/name)")
+
+
+def _bundled(flags: Mapping[str, str]) -> str:
+    """The default model: the bundled nanomoshi's folder, or ModelFilesError (this checkout has no weights yet)."""
+    from . import default_model
+
+    if not default_model.has_bundled_model():
+        raise ModelFilesError(default_model.missing_message(flags.get("model") or "--model"))
+    return str(default_model.bundled_model_dir())
 
 
 def _all_explicit(explicit: dict[str, str | None], roles: tuple[str, ...], flags: Mapping[str, str],
@@ -336,7 +350,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model-selection flags shared by the runtime commands (`files_from_args` reads them)."""
     g = parser.add_argument_group("model")
     g.add_argument("--model", "--hf-repo", dest="model", default=None, metavar="FOLDER_OR_REPO",
-                   help=f"a local folder or a Hugging Face repo id in Kyutai's layout (default {DEFAULT_REPO})")
+                   help="a local folder or a Hugging Face repo id in Kyutai's layout (default: the bundled nanomoshi; "
+                        f"Kyutai's Moshi: {DEFAULT_REPO})")
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
     g.add_argument("--moshi-weight", default=None, metavar="FILE", help="language model safetensors, overrides")
     g.add_argument("--mimi-weight", default=None, metavar="FILE", help="Mimi safetensors, overrides")

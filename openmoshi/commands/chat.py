@@ -220,8 +220,9 @@ class Recorder:
             "audio": np.stack(self.audio, axis=1) if self.audio else np.zeros((dep_q, 0), np.int64),
         }
 
-    def write(self, paths: dict[str, Path | None], models) -> None:
-        """Write the outputs of `output_paths` (None: not written), each atomically."""
+    def write(self, paths: dict[str, Path | None], models, show_words: bool = True) -> list:
+        """Write the outputs of `output_paths` (None: not written), each atomically; returns Moshi's words
+        (`transcript.Word`), printed on stdout too unless `show_words` is False."""
         from ..audio import write_wav
         from ..inference.transcript import words_from_tokens, write_json, write_srt
         from ..io_safety import save_npz
@@ -237,8 +238,9 @@ class Recorder:
             write_srt(paths["--text-srt"], words)
         if paths["--save-tokens"] is not None:
             save_npz(paths["--save-tokens"], **self.tokens())
-        if words:
+        if words and show_words:
             print(" ".join(w.text for w in words))
+        return words
 
 
 def run_file(models, user: np.ndarray, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: int,

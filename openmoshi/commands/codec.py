@@ -1,4 +1,4 @@
-"""`openmoshi codec encode|decode`: audio file <-> Mimi codes in an .npz file.
+"""`openmoshi codec encode|decode|demo`: audio file <-> Mimi codes in an .npz file (demo: codec_demo.py).
 
 encode: any audio file soundfile reads (any rate: resampled to 24 kHz; stereo: mixed down with a notice) ->
   npz with `codes` int32 [K, F] (the last partial frame zero-padded) and `num_samples` (the 24 kHz length).
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import codec_demo
 from .common import add_threads_argument, apply_threads, error
 
 # Batch mode handles up to this many frames in one call; beyond, chunked streaming (same result, flat memory).
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dec = sub.add_parser("decode", help="codes (.npz) -> 24 kHz wav", description="codes (.npz) -> 24 kHz wav")
     dec.add_argument("input", metavar="IN.npz", help="a file written by `openmoshi codec encode`")
     dec.add_argument("output", metavar="OUT.wav", help="24 kHz mono 16-bit wav")
+    demo = sub.add_parser("demo", help="a streaming round trip of the bundled recording with Kyutai's Mimi",
+                          description="a streaming round trip of the bundled recording with Kyutai's Mimi")
+    codec_demo.add_arguments(demo)
     for p in (enc, dec):
         p.add_argument("--weights", required=True, metavar="FILE.safetensors",
                        help="Mimi weights (Kyutai's tokenizer-e351c8d8-checkpoint125.safetensors or ours)")
@@ -164,6 +168,8 @@ def main(args: argparse.Namespace) -> int:
     from ..audio import read_audio, write_wav
     from ..io_safety import check_outputs, save_npz
 
+    if args.action == "demo":
+        return codec_demo.main(args)
     progress = not args.no_progress
     encoding = args.action == "encode"
     try:

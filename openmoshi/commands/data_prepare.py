@@ -69,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     from ..data.manifest import ManifestError
     from ..data.prepare import PrepareError, PrepareOptions, default_out, load_codec, prepare
     from ..data.shards import PreparedDataError
+    from ..lm.config import DEFAULT_REPO
     from ..lm.text import TokenizerError
     from ..model_files import ModelFilesError, resolve_model_files
 
@@ -86,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
                                  rank=rank, world_size=world, skip_invalid=args.skip_invalid,
                                  progress=not args.no_progress)
         files = resolve_model_files(args.model, mimi_weight=args.mimi_weight, tokenizer=args.tokenizer,
-                                    config=args.config, revision=args.revision, roles=("mimi", "tokenizer"))
+                                    config=args.config, revision=args.revision, roles=("mimi", "tokenizer"),
+                                    default=DEFAULT_REPO)
         dev = args.device
         if dev is None and world > 1:
             import torch

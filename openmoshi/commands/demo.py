@@ -1,118 +1,128 @@
-"""`openmoshi demo`: the main job until the project ships its own model.
+"""`openmoshi demo`: the main job. A conversation with the bundled model over a recorded spoken question.
 
-A streaming Mimi round trip of the bundled example recording (or `--input`) with Kyutai's released Mimi
-weights: the audio goes through encode -> codes -> decode one 80 ms frame at a time, as in a live call. It
-writes the reconstruction and prints the codes' shape, the bitrate and the time per frame.
+The bundled question (`default_model.bundled_question()`, or `--input`) is fed to Moshi one 80 ms frame at a
+time as if live, followed by `--answer-seconds` of silence so Moshi can answer; the conversation loop, the
+recorder and its writers are `openmoshi chat`'s (`chat.run_file`, `chat.Recorder`). It prints what the user
+said (the recording's sidecar `.txt`, when there is one) and Moshi's words, writes into `--output-dir`
+(default `./openmoshi-demo`) `conversation.wav` (stereo: left Moshi, right the user, as `chat` writes it),
+`conversation.json` (Moshi's timed words, Kyutai's alignment layout) and `conversation.srt`, and ends with how to
+talk live in the browser (`openmoshi serve`).
 
-Weights: `--weights FILE`, else Kyutai's file from the Hugging Face hub through the shared resolver
-(`openmoshi.model_files`: its cache alone when offline). Offline without a cached copy it says how to provide
-them and exits with status 1. The output path, the input and
---num-codebooks are checked before anything is fetched or loaded; the output never replaces the input and is
-written atomically. A progress bar follows the frames.
+The model: the bundled nanomoshi unless `--model` (or a weight flag) is given, e.g. `--model
+kyutai/moshiko-pytorch-bf16` for Kyutai's Moshi. Sampling uses a fixed seed by default (`--seed`), so the demo
+says the same thing every time. Everything is checked before the model loads (the output folder, no output that
+is an input); outputs are written atomically. torch is imported only in `main`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from pathlib import Path
 
-from ..codec.presets import DEFAULT_MIMI_PRESET, MIMI_PRESETS
-from ..lm.config import DEFAULT_MIMI_NAME as MIMI_FILE
-from ..lm.config import DEFAULT_REPO
-from .common import add_threads_argument, apply_threads, error
+from ..inference.models import add_model_arguments
+from . import common
+from .chat import add_sampling_arguments
+from .common import error
 
-DEMO_FLAGS = {"mimi": "--weights", "model": ""}  # demo has no --model: the messages name --weights only
+DEFAULT_OUTPUT_DIR = "openmoshi-demo"
+OUTPUT_NAMES = {"--output": "conversation.wav", "--text-json": "conversation.json", "--text-srt": "conversation.srt"}
+DEMO_SEED = 1
+SERVE_URL = "http://localhost:8998"  # `openmoshi serve`'s defaults: --host 127.0.0.1 --port 8998
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", default=None, metavar="FILE.safetensors",
-                        help=f"Mimi weights (default: {MIMI_FILE} from {DEFAULT_REPO} on the hub)")
-    parser.add_argument("--input", "-i", default=None, metavar="AUDIO", help="default: the bundled example")
-    parser.add_argument("--output", "-o", default="mimi_roundtrip.wav", metavar="WAV",
-                        help="the reconstruction (default: %(default)s)")
-    parser.add_argument("--num-codebooks", "-k", type=int, default=8, metavar="K", help="1..32 (default 8)")
-    parser.add_argument("--preset", default=DEFAULT_MIMI_PRESET, choices=list(MIMI_PRESETS), help=argparse.SUPPRESS)
-    add_threads_argument(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    common.add_threads_argument(parser)
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", "-i", default=None, metavar="WAV",
+                    help="the user's side (default: the bundled question, openmoshi/assets/question.wav)")
+    io.add_argument("--output-dir", "-o", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
+                    help="where the conversation goes: conversation.wav (left Moshi, right the user), "
+                         ".json and .srt (Moshi's words); default ./%(default)s")
+    io.add_argument("--answer-seconds", type=common.non_negative_float, default=4.0, metavar="SECONDS",
+                    help="silence after the recording, for Moshi's answer (default 4)")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_sampling_arguments(parser)
+    parser.set_defaults(seed=None)
 
 
-def find_weights(weights: str | None) -> Path:
-    """`--weights`, else Kyutai's Mimi file from the hub (the shared resolver: its cache alone when offline).
+def output_paths(output_dir: str) -> dict[str, Path | None]:
+    """chat.Recorder.write's paths for the demo's three files in `output_dir` (no tokens file)."""
+    folder = Path(output_dir).expanduser()
+    return {**{flag: folder / name for flag, name in OUTPUT_NAMES.items()}, "--save-tokens": None}
 
-    Raises ModelFilesError listing what is missing and how to provide it.
-    """
-    from ..model_files import resolve_model_files
 
-    files = resolve_model_files(None, mimi_weight=weights, roles=("mimi",), flags=DEMO_FLAGS)
-    assert files.mimi is not None
-    return files.mimi
+def spoken_text(recording: Path) -> str | None:
+    """The words of a recording, from its sidecar NAME.txt (None without one)."""
+    try:
+        text = recording.with_suffix(".txt").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return " ".join(text.split()) or None
+
+
+def _check(args: argparse.Namespace, source: Path) -> dict[str, Path | None]:
+    """The output paths, checked (a folder, not a file; no output that is an input); OutputError otherwise."""
+    from ..io_safety import OutputError, check_outputs
+
+    folder = Path(args.output_dir).expanduser()
+    if not str(args.output_dir).strip():
+        raise OutputError("--output-dir: empty path")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--output-dir {args.output_dir} exists and is not a folder")
+    paths = output_paths(args.output_dir)
+    inputs = [("--input", source), ("--moshi-weight", args.moshi_weight), ("--mimi-weight", args.mimi_weight),
+              ("--tokenizer", args.tokenizer), ("--config", args.config), ("--lora", args.lora)]
+    check_outputs([(f"--output-dir's {paths[flag].name}", paths[flag], (Path(name).suffix,))
+                   for flag, name in OUTPUT_NAMES.items()], inputs)
+    return paths
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..audio import example_recording, read_audio, write_wav
-    from ..io_safety import check_outputs
+    from ..audio import SAMPLE_RATE, AudioError, read_audio, resample
+    from ..default_model import bundled_question
+    from ..io_safety import OutputError
 
-    source = Path(args.input) if args.input else example_recording()
+    if args.device is not None:
+        try:
+            common.device(args.device)
+        except argparse.ArgumentTypeError as err:
+            return error(f"--device: {err}", 2)
+    source = Path(args.input).expanduser() if args.input is not None else bundled_question()
     try:
-        check_outputs([("--output", args.output, (".wav",))], [("--input", source), ("--weights", args.weights)])
-        from ..codec.presets import mimi_preset  # (torch) after the instant checks
+        paths = _check(args, source)
+        user = read_audio(source, SAMPLE_RATE)
+    except (AudioError, OutputError) as err:
+        return error(str(err))
+    import numpy as np
 
-        cfg = mimi_preset(args.preset)
-        qcfg = cfg.quantizer
-        if not 1 <= args.num_codebooks <= qcfg.num_codebooks:
-            raise ValueError(f"--num-codebooks must be in 1..{qcfg.num_codebooks}, got {args.num_codebooks}")
-        wav = read_audio(source, cfg.sample_rate)
-        if not args.weights:
-            print(f"fetching Mimi weights ({MIMI_FILE}) from the Hugging Face hub...", file=sys.stderr)
-        weights = find_weights(args.weights)
-        from ..codec.checkpoint import load_mimi
+    from ..inference.models import ModelFilesError, models_from_args
+    from . import chat
 
-        apply_threads(args.threads)
-        mimi = load_mimi(weights, args.preset)
-    except (OSError, ValueError) as e:  # AudioError, OutputError, CheckpointError: the user's input
-        return error(str(e))
-    all_codes, out, times = round_trip(mimi, wav, args.num_codebooks, progress=not args.no_progress)
+    common.apply_threads(args.threads)
     try:
-        write_wav(args.output, out, mimi.sample_rate)
-    except OSError as e:
-        return error(f"cannot write {args.output}: {e}")
-
-    frames = all_codes.shape[-1]
-    frame = mimi.frame_size
-    bits = args.num_codebooks * math.log2(qcfg.codebook_size) * mimi.frame_rate
-    ms = sorted(times)[len(times) // 2] * 1000
-    print(f"input      {source} ({len(wav) / mimi.sample_rate:.2f} s at {mimi.sample_rate} Hz)")
-    print(f"weights    {weights}")
-    print(f"codes      {list(all_codes.shape)} ({args.num_codebooks} codebooks x {frames} frames at "
-          f"{mimi.frame_rate:g} Hz), {bits / 1000:.2f} kbps")
-    print(f"streaming  {ms:.1f} ms per {1000 * frame / mimi.sample_rate:.0f} ms frame (median, encode + decode)")
-    print(f"output     {args.output}")
+        models = models_from_args(args)
+    except (ModelFilesError, ValueError) as err:
+        return error(str(err))
+    rate = models.mimi.sample_rate
+    if rate != SAMPLE_RATE:
+        user = resample(user, SAMPLE_RATE, rate)
+    user = np.concatenate([user, np.zeros(round(args.answer_seconds * rate), dtype=np.float32)])
+    text_cfg, audio_cfg = chat.sampling_configs(args, models.files.repo_config.lm_gen_config)
+    seed = DEMO_SEED if args.seed is None else args.seed
+    print(f"model: {models.files.source}; you: {source}", file=sys.stderr)
+    rec = chat.run_file(models, user, text_cfg, audio_cfg, seed, progress=not args.no_progress)
+    try:
+        words = rec.write(paths, models, show_words=False)
+    except OSError as err:
+        return error(f"cannot write the conversation: {err}")
+    asked = spoken_text(source)
+    print(f"You:   {asked}" if asked else f"You:   ({source.name})")
+    print(f"Moshi: {' '.join(w.text for w in words)}" if words else "Moshi: (no words in its text stream)")
+    print(f"Wrote {paths['--output']} (stereo: left Moshi, right you), {paths['--text-json']} and "
+          f"{paths['--text-srt']} (Moshi's words with times).")
+    print(f"Talk to it live in your browser: run `openmoshi serve`, then open {SERVE_URL}")
+    if args.model is None:
+        print("Kyutai's Moshi instead of the bundled model: add --model kyutai/moshiko-pytorch-bf16")
     return 0
-
-
-def round_trip(mimi, wav, num_codebooks: int, progress: bool = True):
-    """Streaming encode + decode of mono `wav` [T], one frame per call: (codes [K, F], audio [T], seconds per
-    frame)."""
-    import torch
-    from tqdm import tqdm
-
-    from ..nn.streaming import streaming
-
-    frame = mimi.frame_size
-    frames = -(-len(wav) // frame)
-    x = torch.nn.functional.pad(torch.from_numpy(wav), (0, frames * frame - len(wav)))[None, None]
-    codes, audio, times = [], [], []
-    bar = tqdm(total=frames, unit="frame", desc="demo", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    with torch.inference_mode(), streaming(mimi, 1):
-        for i in range(frames):
-            start = time.perf_counter()
-            c = mimi.encode(x[..., i * frame:(i + 1) * frame], num_codebooks)
-            audio.append(mimi.decode(c))
-            times.append(time.perf_counter() - start)
-            codes.append(c)
-            bar.update(1)
-    bar.close()
-    return torch.cat(codes, -1)[0], torch.cat(audio, -1)[0, 0, :len(wav)].float().numpy(), times

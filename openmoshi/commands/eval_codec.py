@@ -58,12 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     from ..codec.checkpoint import load_mimi
     from ..codec.presets import mimi_config_from_overrides, mimi_preset
+    from ..lm.config import DEFAULT_REPO
     from ..model_files import resolve_model_files
 
     if args.model is None and args.weights is None:
         print("fetching Kyutai's Mimi weights from the Hugging Face hub...", file=sys.stderr)
     files = resolve_model_files(args.model, mimi_weight=args.weights, revision=args.revision, roles=("mimi",),
-                                flags=FLAGS)
+                                flags=FLAGS, default=DEFAULT_REPO)
     if args.preset is not None:
         cfg = mimi_preset(args.preset)
     else:

@@ -25,7 +25,7 @@ UNGENERATED_TOKEN_ID = -2  # a slot not generated yet: never fed to the model
 DEFAULT_MOSHI_NAME = "model.safetensors"
 DEFAULT_MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
 DEFAULT_TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
-DEFAULT_REPO = "kyutai/moshiko-pytorch-bf16"
+DEFAULT_REPO = "kyutai/moshiko-pytorch-bf16"  # Kyutai's Moshi; chat/serve/demo default to the bundled nanomoshi
 
 
 def kyutai_gating_hidden(dim: int, dim_feedforward: int) -> int:
