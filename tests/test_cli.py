@@ -63,7 +63,7 @@ print("ok")
 def test_every_command_help_is_instant_without_torch():
     """Each command's --help (and each codec action's) in a fresh process: torch is never imported."""
     groups = [[group, sub] for group, (_, subs) in cli.GROUPS.items() for sub in subs]
-    argvs = [[name] for name in cli.COMMANDS] + [["codec", "encode"], ["codec", "decode"]] + groups
+    argvs = [[name] for name in cli.COMMANDS] + [["codec", "encode"], ["codec", "decode"], ["codec", "demo"]] + groups
     out = subprocess.run([sys.executable, "-c", HELP_RUNNER.format(argvs=argvs)], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
     for argv in [[name] for name in cli.COMMANDS] + groups:

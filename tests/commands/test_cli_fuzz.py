@@ -65,13 +65,22 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 CODEC = ["--weights", "{w}", "--preset", "tiny"]
-DEMO = ["demo", *CODEC]
+DEMO = ["codec", "demo", *CODEC]
 ENC = ["codec", "encode", *CODEC]
 DEC = ["codec", "decode", *CODEC]
 CHAT = ["chat", "--model", "{repo}", "--no-progress"]
 HELIUM = ["helium", "hello", "--model", "{repo}"]
+NANO = ["demo", "--model", "{repo}", "--no-progress"]  # the conversation demo
 CORPUS: list[list[str]] = [
-    # demo: outputs that are inputs, folders, wrong suffixes; odd inputs; bad numbers
+    # demo: an output folder that is a file or under one; odd inputs; bad numbers; a missing model
+    [*NANO, "-o", "{ok}"], [*NANO, "-i", "{ok}", "-o", "{ok}/x"], [*NANO, "-i", "{garbage}", "-o", "{new}"],
+    [*NANO, "-i", "{missing}.wav", "-o", "{new}"], [*NANO, "-i", "{folder}", "-o", "{new}"],
+    [*NANO, "-i", "{empty}", "-o", "{new}"], [*NANO, "-i", "{text}", "-o", "{new}"],
+    [*NANO, "-i", "{ok}", "-o", "{new}", "--answer-seconds", "-1"], [*NANO, "-i", "{ok}", "-o", "{new}", "-o", ""],
+    [*NANO, "-i", "{ok}", "-o", "{new}", "--device", "tpu"], [*NANO, "-i", "{ok}", "-o", "{new}", "--threads", "0"],
+    [*NANO, "-i", "{ok}", "-o", "{new}", "--seed", "-1"],
+    ["demo", "--model", "{missing}", "-i", "{ok}", "-o", "{new}"],
+    # codec demo: outputs that are inputs, folders, wrong suffixes; odd inputs; bad numbers
     [*DEMO, "-i", "{ok}", "-o", "{ok}"], [*DEMO, "-i", "{ok}", "-o", "{hard}"], [*DEMO, "-i", "{ok}", "-o", "{d}"],
     [*DEMO, "-i", "{ok}", "-o", "{new}.mp3"], [*DEMO, "-i", "{ok}", "-o", "{new}"],
     [*DEMO, "-i", "{ok}", "-o", "{ok}/x.wav"], [*DEMO, "-i", "{ok}", "-o", "{w}"],
@@ -82,9 +91,9 @@ CORPUS: list[list[str]] = [
     [*DEMO, "-i", "{ok}", "-o", "{new}.wav", "-k", "33"], [*DEMO, "-i", "{ok}", "-o", "{new}.wav", "-k", "x"],
     [*DEMO, "-i", "{ok}", "-o", "{new}.wav", "--threads", "-1"],
     [*DEMO, "-i", "{ok}", "-o", "{new}.wav", "--threads", "1.5"],
-    ["demo", "--weights", "{ok}", "--preset", "tiny", "-i", "{ok}", "-o", "{new}.wav"],  # not safetensors
-    ["demo", "--weights", "{missing}.safetensors", "-i", "{ok}", "-o", "{new}.wav"],
-    ["demo", "-i", "{ok}", "-o", "{new}.wav"],  # Kyutai's weights: not cached, hub off
+    ["codec", "demo", "--weights", "{ok}", "--preset", "tiny", "-i", "{ok}", "-o", "{new}.wav"],  # not safetensors
+    ["codec", "demo", "--weights", "{missing}.safetensors", "-i", "{ok}", "-o", "{new}.wav"],
+    ["codec", "demo", "-i", "{ok}", "-o", "{new}.wav"],  # Kyutai's weights: not cached, hub off
     # codec encode
     [*ENC, "{ok}", "{ok}"], [*ENC, "{ok_npz}", "{ok_npz}"], [*ENC, "{ok_npz}", "{sym_npz}"],
     [*ENC, "{ok}", "{new}.wav"],

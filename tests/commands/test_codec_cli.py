@@ -1,4 +1,4 @@
-"""`openmoshi codec encode|decode` and `openmoshi demo` with tiny random weights saved to a temp file."""
+"""`openmoshi codec encode|decode|demo` with tiny random weights saved to a temp file."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_demo_with_local_weights(tmp_path: Path, weights: Path, capsys: pytest.C
     from openmoshi.audio import example_recording, read_audio
 
     sf.write(tmp_path / "cut.wav", read_audio(example_recording())[24000:31200], 24000)
-    assert _run("demo", "--weights", weights, "--preset", "tiny", "-i", tmp_path / "cut.wav", "-o", out) == 0
+    assert _run("codec", "demo", "--weights", weights, "--preset", "tiny", "-i", tmp_path / "cut.wav", "-o", out) == 0
     printed = capsys.readouterr().out
     info = sf.info(out)
     assert info.samplerate == 24000 and info.frames == 7200
@@ -125,7 +125,7 @@ def test_demo_offline_says_how_to_provide_weights(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty_cache" / "hub"))
-    assert _run("demo", "-o", tmp_path / "x.wav") == 1
+    assert _run("codec", "demo", "-o", tmp_path / "x.wav") == 1
     err = capsys.readouterr().err
     assert "--weights" in err and "tokenizer-e351c8d8-checkpoint125.safetensors" in err
     assert "Traceback" not in err
@@ -144,8 +144,8 @@ def test_an_output_never_replaces_an_input(tmp_path: Path, weights: Path, capsys
     (tmp_path / "sym.npz").symlink_to(tmp_path / "c.npz")
     before = _snapshot(tmp_path)
     tiny = ["--weights", weights, "--preset", "tiny"]
-    for argv in (["demo", *tiny, "-i", rec, "-o", rec],
-                 ["demo", *tiny, "-i", rec, "-o", tmp_path / "hard.wav"],
+    for argv in (["codec", "demo", *tiny, "-i", rec, "-o", rec],
+                 ["codec", "demo", *tiny, "-i", rec, "-o", tmp_path / "hard.wav"],
                  ["codec", "decode", *tiny, tmp_path / "c.npz", tmp_path / "c.npz"],
                  ["codec", "encode", *tiny, tmp_path / "c.npz", tmp_path / "sym.npz"],
                  ["codec", "decode", *tiny, tmp_path / "c.npz", weights]):
@@ -166,9 +166,9 @@ def test_outputs_checked_before_the_model_loads(tmp_path: Path, capsys: pytest.C
         (["codec", "encode", tmp_path / "ok.wav", tmp_path / "ok.wav" / "c.npz"], "is a file"),
         (["codec", "encode", "-k", "33", tmp_path / "ok.wav", tmp_path / "c.npz"], "--num-codebooks must be in 1..32"),
         (["codec", "decode", tmp_path / "c.npz", tmp_path / "c.mp3"], "must end in .wav"),
-        (["demo", "-i", tmp_path / "ok.wav", "-o", tmp_path], "is a folder"),
-        (["demo", "-i", tmp_path / "ok.wav", "-o", tmp_path / "x.npz"], "must end in .wav"),
-        (["demo", "-i", tmp_path / "ok.wav", "-o", tmp_path / "x.wav", "-k", "0"], "--num-codebooks"),
+        (["codec", "demo", "-i", tmp_path / "ok.wav", "-o", tmp_path], "is a folder"),
+        (["codec", "demo", "-i", tmp_path / "ok.wav", "-o", tmp_path / "x.npz"], "must end in .wav"),
+        (["codec", "demo", "-i", tmp_path / "ok.wav", "-o", tmp_path / "x.wav", "-k", "0"], "--num-codebooks"),
     ]
     for argv, message in cases:
         assert _run(*argv, "--weights", missing) == 1, argv
@@ -219,7 +219,7 @@ def test_encode_writes_exactly_the_named_file(tmp_path: Path, weights: Path) -> 
 
 def test_demo_shows_progress(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture) -> None:
     sf.write(tmp_path / "in.wav", np.zeros(6 * FRAME, dtype=np.float32), 24000)
-    assert _run("demo", "--weights", weights, "--preset", "tiny", "-i", tmp_path / "in.wav",
+    assert _run("codec", "demo", "--weights", weights, "--preset", "tiny", "-i", tmp_path / "in.wav",
                 "-o", tmp_path / "o.wav", "--threads", "1") == 0
     err = capsys.readouterr().err
     assert "demo" in err and "6/6" in err  # the bar reached every frame

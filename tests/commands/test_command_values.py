@@ -1,4 +1,4 @@
-"""Commands give the values the library gives: `openmoshi helium --greedy`, `openmoshi demo`.
+"""Commands give the values the library gives: `openmoshi helium --greedy`, `openmoshi codec demo`.
 
 Not only exit codes and shapes: the greedy continuation printed twice is the same text, and it is the Python
 API's (`generate_text` then the stream decoder); the demo's output wav is Mimi's encode then decode through the
@@ -83,8 +83,8 @@ def test_demo_output_is_encode_then_decode(tmp_path, mimi_weights, k, capsys):
     cut = read_audio(example_recording())[24000:24000 + 3000]  # 3000 samples: not a whole number of frames
     sf.write(tmp_path / "cut.wav", cut, 24000)
     out = tmp_path / "rt.wav"
-    argv = ["demo", "--weights", str(mimi_weights), "--preset", "tiny", "-k", str(k), "-i", str(tmp_path / "cut.wav"),
-            "-o", str(out)]
+    argv = ["codec", "demo", "--weights", str(mimi_weights), "--preset", "tiny", "-k", str(k),
+            "-i", str(tmp_path / "cut.wav"), "-o", str(out)]
     assert cli.main(argv) == 0
     wav, rate = sf.read(out, dtype="float32")
     assert rate == 24000 and wav.shape == cut.shape

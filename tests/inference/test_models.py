@@ -177,7 +177,7 @@ def test_unreachable_hub_uses_the_cache_alone(monkeypatch, repo):
 def test_offline_message_names_files_and_remedy(tmp_path):
     """HF_HUB_OFFLINE=1 with an empty cache: the message lists every file and how to provide it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "NO_TORCH_COMPILE": "1"}
-    code = "from openmoshi.inference.models import resolve_model_files as r; r(None)"
+    code = "from openmoshi.inference.models import resolve_model_files as r; r(\"kyutai/moshiko-pytorch-bf16\")"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     err = proc.stderr
