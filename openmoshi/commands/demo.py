@@ -62,6 +62,11 @@ def spoken_text(recording: Path) -> str | None:
     return " ".join(text.split()) or None
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters (a model's byte pieces may be any byte) become U+FFFD."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
+
+
 def _check(args: argparse.Namespace, source: Path) -> dict[str, Path | None]:
     """The output paths, checked (a folder, not a file; no output that is an input); OutputError otherwise."""
     from ..io_safety import OutputError, check_outputs
@@ -118,8 +123,9 @@ def main(args: argparse.Namespace) -> int:
     except OSError as err:
         return error(f"cannot write the conversation: {err}")
     asked = spoken_text(source)
-    print(f"You:   {asked}" if asked else f"You:   ({source.name})")
-    print(f"Moshi: {' '.join(w.text for w in words)}" if words else "Moshi: (no words in its text stream)")
+    print(f"You:   {printable(asked)}" if asked else f"You:   ({printable(source.name)})")
+    said = printable(" ".join(w.text for w in words))
+    print(f"Moshi: {said}" if words else "Moshi: (no words in its text stream)")
     print(f"Wrote {paths['--output']} (stereo: left Moshi, right you), {paths['--text-json']} and "
           f"{paths['--text-srt']} (Moshi's words with times).")
     print(f"Talk to it live in your browser: run `openmoshi serve`, then open {SERVE_URL}")
