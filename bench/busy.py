@@ -1,6 +1,6 @@
 """Busy-machine benchmark: per-frame time of the streaming commands' work with a busy neighbour process.
 
-Two workloads, the per-frame work of `openmoshi demo` / `codec --streaming` and of `openmoshi chat`:
+Two workloads, the per-frame work of `openmoshi codec demo` / `codec --streaming` and of `openmoshi chat`:
 - `mimi`: one streaming step of the released-size Mimi (encode + decode of one 80 ms frame; random weights);
 - `chat`: one `DuplexSession` step of a tiny Moshi in Kyutai's layout (the one the command tests use), loaded as
   `openmoshi chat` loads it.

@@ -167,7 +167,7 @@ MUTATIONS: list[Mutation] = [
     M("lm-gen-config-ignored", "openmoshi/commands/chat.py",
       "sampling_configs(args, models.files.repo_config.lm_gen_config)", "sampling_configs(args, None)",
       ["tests/commands/test_chat_sampling.py"]),
-    M("demo-ignores-num-codebooks", "openmoshi/commands/demo.py",
+    M("demo-ignores-num-codebooks", "openmoshi/commands/codec_demo.py",
       "c = mimi.encode(x[..., i * frame:(i + 1) * frame], num_codebooks)",
       "c = mimi.encode(x[..., i * frame:(i + 1) * frame], 8)",
       ["tests/commands/test_command_values.py"]),
