@@ -171,6 +171,17 @@ MUTATIONS: list[Mutation] = [
       "c = mimi.encode(x[..., i * frame:(i + 1) * frame], num_codebooks)",
       "c = mimi.encode(x[..., i * frame:(i + 1) * frame], 8)",
       ["tests/commands/test_command_values.py"]),
+    # ---- issue 13: the bundled model as the default, the conversation demo --------------------------------------
+    M("default-model-is-kyutai", "openmoshi/model_files.py",
+      "name = model or default or _bundled(flags)", "name = model or default or DEFAULT_REPO",
+      ["tests/test_default_model.py"]),
+    M("bundled-files-ignore-config-names", "openmoshi/default_model.py",
+      "value = raw.get(key, default) if isinstance(raw, dict) else default", "value = default",
+      ["tests/test_default_model.py"]),
+    M("demo-without-answer-time", "openmoshi/commands/demo.py",
+      "user = np.concatenate([user, np.zeros(round(args.answer_seconds * rate), dtype=np.float32)])",
+      "user = np.concatenate([user, np.zeros(0, dtype=np.float32)])",
+      ["tests/commands/test_demo.py"]),
     # ---- issue 7: training loss, per-row state -----------------------------------------------------------------
     M("loss-pad-weight-ignored", "openmoshi/lm/loss.py",
       "text_w = torch.where(is_pad, config.text_padding_weight, 1.0) * output.text_mask",
