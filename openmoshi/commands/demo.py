@@ -29,6 +29,14 @@ DEFAULT_OUTPUT_DIR = "openmoshi-demo"
 OUTPUT_NAMES = {"--output": "conversation.wav", "--text-json": "conversation.json", "--text-srt": "conversation.srt"}
 DEMO_SEED = 1
 SERVE_URL = "http://localhost:8998"  # `openmoshi serve`'s defaults: --host 127.0.0.1 --port 8998
+MAX_ANSWER_SECONDS = 600.0  # the silence is held in memory: a typo like 1e9 must not allocate terabytes
+
+
+def answer_seconds(text: str) -> float:
+    value = common.non_negative_float(text)
+    if value > MAX_ANSWER_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_ANSWER_SECONDS:g}, got {value:g}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--output-dir", "-o", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
                     help="where the conversation goes: conversation.wav (left Moshi, right the user), "
                          ".json and .srt (Moshi's words); default ./%(default)s")
-    io.add_argument("--answer-seconds", type=common.non_negative_float, default=4.0, metavar="SECONDS",
+    io.add_argument("--answer-seconds", type=answer_seconds, default=4.0, metavar="SECONDS",
                     help="silence after the recording, for Moshi's answer (default 4)")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_sampling_arguments(parser)
@@ -86,7 +94,7 @@ def _check(args: argparse.Namespace, source: Path) -> dict[str, Path | None]:
 
 def main(args: argparse.Namespace) -> int:
     from ..audio import SAMPLE_RATE, AudioError, read_audio, resample
-    from ..default_model import bundled_question
+    from ..default_model import bundled_model_dir, bundled_question
     from ..io_safety import OutputError
 
     if args.device is not None:
@@ -129,6 +137,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"Wrote {paths['--output']} (stereo: left Moshi, right you), {paths['--text-json']} and "
           f"{paths['--text-srt']} (Moshi's words with times).")
     print(f"Talk to it live in your browser: run `openmoshi serve`, then open {SERVE_URL}")
-    if args.model is None:
+    if models.files.source == str(bundled_model_dir()):
         print("Kyutai's Moshi instead of the bundled model: add --model kyutai/moshiko-pytorch-bf16")
     return 0

@@ -139,9 +139,11 @@ def test_demo_refuses_bad_output_folders_before_loading(no_weights, tmp_path, ca
         assert code in (1, 2) and err.startswith("error:") and message in err and "Traceback" not in err, (extra, err)
         assert "bundled model" not in err, extra  # refused before the model
     assert _files(tmp_path) == before
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["demo", "--answer-seconds", "-1"])
-    assert exc.value.code == 2
+    for bad in ("-1", "1e9", "nan", "x"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["demo", "--answer-seconds", bad])
+        assert exc.value.code == 2, bad
+        assert capsys.readouterr().err.startswith("error: argument --answer-seconds"), bad
 
 
 def test_demo_with_another_recording_and_the_same_folder_twice(bundled, tmp_path, capsys):
@@ -153,7 +155,7 @@ def test_demo_with_another_recording_and_the_same_folder_twice(bundled, tmp_path
     first = _files(tmp_path / "out")
     assert cli.main([*argv, "--seed", "7"]) == 0
     out = capsys.readouterr().out
-    assert out.count("You:   (mine.wav)") == 2
+    assert out.count("You:   (mine.wav)") == 2 and out.count("--model kyutai/moshiko-pytorch-bf16") == 2
     assert sorted(_files(tmp_path / "out")) == sorted(first)
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary files left
     assert os.path.getsize(tmp_path / "mine.wav") > 0
