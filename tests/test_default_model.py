@@ -158,3 +158,26 @@ def test_the_bundled_question() -> None:
     assert abs(audio[: second - 100]).max() < 1e-3 and abs(audio[-second + 100:]).max() < 1e-3
     assert abs(audio[second:-second]).max() > 0.1
     assert path.with_suffix(".txt").read_text().strip() == "Hi there. What is two plus three?"
+
+
+def test_the_question_script_remakes_it(tmp_path) -> None:
+    """scripts/make_demo_question.sh writes the same question (a flite user voice) into another folder."""
+    import os
+
+    import soundfile as sf
+
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed (scripts/test.sh installs it)")
+    env = {**os.environ, "OPENMOSHI_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([str(ROOT / "scripts" / "make_demo_question.sh"), "flite:rms", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shipped = default_model.bundled_question()
+    assert (tmp_path / "question.txt").read_text() == shipped.with_suffix(".txt").read_text()
+    made, shipped_info = sf.info(str(tmp_path / "question.wav")), sf.info(str(shipped))
+    assert (made.samplerate, made.channels, made.subtype) == (shipped_info.samplerate, 1, "PCM_16")
+    assert abs(made.frames - shipped_info.frames) <= 0.05 * shipped_info.frames  # another flite may differ a bit
+    refused = subprocess.run([str(ROOT / "scripts" / "make_demo_question.sh"), "festival:cmu_us_slt_arctic_hts",
+                              str(tmp_path / "moshi")], capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode != 0 and "Moshi's voice" in refused.stderr
+    assert not (tmp_path / "moshi").exists()

@@ -62,12 +62,14 @@ def output_paths(output_dir: str) -> dict[str, Path | None]:
 
 
 def spoken_text(recording: Path) -> str | None:
-    """The words of a recording, from its sidecar NAME.txt (None without one)."""
+    """The words of a recording, from its sidecar NAME.txt (None without one; the first 500 characters)."""
     try:
-        text = recording.with_suffix(".txt").read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        with open(recording.with_suffix(".txt"), encoding="utf-8", errors="replace") as f:
+            text = f.read(501)
+    except OSError:
         return None
-    return " ".join(text.split()) or None
+    text = " ".join(text.split())
+    return (text[:500] + "..." if len(text) > 500 else text) or None
 
 
 def printable(text: str) -> str:
