@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="silence after the recording, for Moshi's answer (default 4)")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_sampling_arguments(parser)
-    parser.set_defaults(seed=None)
+    for action in parser._actions:  # chat's --seed defaults to a random one; the demo's answer is reproducible
+        if action.dest == "seed":
+            action.default, action.help = DEMO_SEED, f"seed of the sampling, 0..2**64-1 (default {DEMO_SEED})"
 
 
 def output_paths(output_dir: str) -> dict[str, Path | None]:
@@ -125,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
         user = resample(user, SAMPLE_RATE, rate)
     user = np.concatenate([user, np.zeros(round(args.answer_seconds * rate), dtype=np.float32)])
     text_cfg, audio_cfg = chat.sampling_configs(args, models.files.repo_config.lm_gen_config)
-    seed = DEMO_SEED if args.seed is None else args.seed
+    seed = DEMO_SEED if args.seed is None else args.seed  # (a Namespace built without the parser has None)
     print(f"model: {models.files.source}; you: {source}", file=sys.stderr)
     rec = chat.run_file(models, user, text_cfg, audio_cfg, seed, progress=not args.no_progress)
     try:
