@@ -201,11 +201,11 @@ from openmoshi.inference.models import load_models
 from openmoshi.model_files import resolve_model_files
 load_models(resolve_model_files(str(tmp)), device="cpu")  # it loads, or the stage fails
 size = sum(f.stat().st_size for f in tmp.iterdir())
-if size > 50 * 2**20:
-    sys.exit(f"export: {size / 2**20:.1f} MiB, over the 50 MiB budget")
+if size > 50 * 10**6:  # the issue says 50 MB (tests/test_default_model.py checks the same)
+    sys.exit(f"export: {size / 1e6:.1f} MB, over the 50 MB budget")
 shutil.rmtree(dst, ignore_errors=True)
 os.replace(tmp, dst)
-print(f"export: {size / 2**20:.1f} MiB -> {dst}")
+print(f"export: {size / 1e6:.1f} MB -> {dst}")
 EOF
 }
 
