@@ -419,7 +419,44 @@ def part_session(args) -> dict:
     last = outputs[-1]
     out["output_pcm"] = f"{list(last.pcm.shape)} {last.pcm.dtype} {last.pcm.device}"
     out["output_finite"] = bool(torch.isfinite(last.pcm).all())
+    if torch.device(args.device).type == "cuda":
+        try:
+            out.update(_session_graphed(mimi, lm, pcm.to(args.device), steps, warmup, args.device))
+        except Exception as e:  # noqa: BLE001 -- reported, the eager numbers stand
+            out["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            traceback.print_exc()
     return out
+
+
+def _session_graphed(mimi, lm, pcm, steps: int, warmup: int, device) -> dict:
+    """The served step (every row active, past the first frames) captured whole in a CUDA graph, static shapes;
+    its text tokens against the same steps run eagerly in static-shape mode."""
+    import torch
+
+    from openmoshi.inference.session import DuplexSession
+    from openmoshi.nn.attention import set_static_shapes
+
+    set_static_shapes(lm, True)
+    set_static_shapes(mimi, True)
+    first, n = 4, steps + warmup
+    tokens: dict[str, list] = {"graph": [], "static": []}
+    with DuplexSession(mimi, lm, batch_size=1, seed=0) as session:
+        for i in range(first - 1):
+            session.step(pcm[i])
+        replay, _ = graphed(lambda x: session.step(x), [pcm[first - 1].clone()], device, warmup=1)
+
+        def graph_step(i):
+            o = replay(pcm[first + i % (n - first)])
+            tokens["graph"].append(torch.cat([o.text[:, None], o.audio], 1).clone())
+
+        t = interleave({"session_graph_ms": graph_step}, steps, warmup, device)
+    with DuplexSession(mimi, lm, batch_size=1, seed=0) as session:
+        for i in range(first + len(tokens["graph"])):
+            o = session.step(pcm[i if i < first else first + (i - first) % (n - first)])
+            if i >= first:
+                tokens["static"].append(torch.cat([o.text[:, None], o.audio], 1))
+    same = [torch.equal(a, b) for a, b in zip(tokens["graph"], tokens["static"], strict=True)]
+    return {**t, "graph_equals_eager_static_frames": f"{sum(same)}/{len(same)}"}
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
