@@ -83,6 +83,8 @@ class CodecTrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(t, name)}")
         if t.grad_accum != 1:
             raise ValueError("train.grad_accum: the codec step has no gradient accumulation (use 1)")
+        if t.precision != "fp32":  # accepted by the shared LoopConfig, but the codec step has no autocast path
+            raise ValueError(f"train.precision={t.precision}: the codec trainer trains in fp32 only (use fp32)")
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
         if self.weight_ema is not None and not 0 <= self.weight_ema < 1:

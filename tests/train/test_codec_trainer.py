@@ -87,6 +87,9 @@ def test_user_mistakes(tmp_path, capsys) -> None:
     assert not (tmp_path / "r3").exists()
     assert "do not give" in err("tiny", "--resume", "--out", str(tmp_path / "r"))
     assert "teacher" in err("tiny", "--data", str(data), "--set", "teacher=wavlm", "--out", str(tmp_path / "r"))
+    # found on the GPU check: bf16 was accepted and silently trained in fp32
+    assert "fp32 only" in err("tiny", "--data", str(data), "--set", "train.precision=bf16", "--out",
+                              str(tmp_path / "r"))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.wav").write_bytes(b"RIFF not really")
     assert "cannot read" in err("tiny", "--data", str(tmp_path / "junk"), "--out", str(tmp_path / "r2"))
