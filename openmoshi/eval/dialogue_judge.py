@@ -7,7 +7,8 @@ audio) against a conversation's ground truth (`dialogue_data.Conversation`). The
   (`asked_end`) and closes at the earliest of `asked_end + window_s` (8 s) and the start of the user's next
   line that is not a backchannel, plus `grace_s` (1 s: a reply started in time is read to its end). The words of
   Moshi that START in the window are normalised (`dialogue_text.normalise`); the question is right when one of
-  its accepted answers (normalised too) appears in them as a contiguous run. Yes/no questions: the first "yes"
+  its accepted answers (normalised too) appears in them as a contiguous run (or, for spelled letters and lists
+  of numbers, in the looser forms of `dialogue_text.matches`). Yes/no questions: the first "yes"
   or "no" of the window decides ("No, yes" is wrong), so a model cannot hedge by saying both.
 - Talk-over. A backchannel of Moshi is a run of at most 3 backchannel words in a row ("mm-hm", "right",
   "okay", "yeah", "I see", ...; a pause over `utterance_gap_s`, 0.5 s, or any other word ends a run). A user
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 from ..inference.transcript import Word
 from .dialogue_data import Conversation, Question, Turn
-from .dialogue_text import contains, normalise, normalise_words
+from .dialogue_text import matches, normalise, normalise_words
 
 # what a backchannel of Moshi may be made of (after normalisation: "Uh-huh." -> "uh huh", "yeah" -> "yes")
 BACKCHANNEL_WORDS = frozenset({"mm", "mmm", "hm", "hmm", "mhm", "mmhm", "uh", "huh", "uhhuh", "um", "right", "okay",
@@ -81,7 +82,7 @@ def judge_tokens(tokens: Sequence[str], answers: Sequence[str]) -> str | None:
         first = next((t for t in tokens if t in ("yes", "no")), None)
         return next((ans for ans, n in zip(answers, normalised, strict=True) if [first] == n), None)
     for ans, n in zip(answers, normalised, strict=True):
-        if contains(tokens, n):
+        if matches(tokens, n):
             return ans
     return None
 

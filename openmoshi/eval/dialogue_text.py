@@ -10,6 +10,11 @@ is found when its tokens appear as a contiguous run in the reply's tokens (`cont
   "42nd" -> "forty second"; "hundred and five" and "hundred five" both become "hundred five";
 - a few spelling variants and informal forms become one word: gray -> grey, color -> colour, yeah/yep/yup ->
   yes, nope/nah -> no, ok -> okay.
+
+Two looser comparisons (`matches`) catch how Whisper writes spelled words and counts: an answer of single letters
+("g i f t") also matches the reply's letters with the spaces removed ("GI -F -T." -> "gift"), and an answer of
+several numbers ("nine ten eleven twelve") also matches the reply's numbers written one after the other
+("910, 1112" -> 9101112).
 """
 
 from __future__ import annotations
@@ -90,3 +95,60 @@ def find(tokens: Sequence[str], answer: Sequence[str]) -> int:
 
 def contains(tokens: Sequence[str], answer: Sequence[str]) -> bool:
     return find(tokens, answer) >= 0
+
+
+_VALUES = {w: i for i, w in enumerate(_ONES)} | {w: 20 + 10 * i for i, w in enumerate(_TENS)}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6}
+
+
+def _kind(token: str) -> str | None:
+    if token in _SCALES:
+        return token
+    value = _VALUES.get(token)
+    if value is None:
+        return None
+    return "unit" if value < 10 else "teen" if value < 20 else "tens"
+
+
+# which kind of number word may continue a number that ended with a word of each kind
+_EXTENDS = {"unit": {"hundred", "thousand", "million"}, "teen": {"hundred", "thousand", "million"},
+            "tens": {"unit", "thousand", "million"}, "hundred": {"unit", "teen", "tens", "thousand", "million"},
+            "thousand": {"unit", "teen", "tens"}, "million": {"unit", "teen", "tens"}}
+
+
+def numbers(tokens: Sequence[str]) -> list[int]:
+    """The numbers written in words in normalised tokens, in order: "nine ten" -> [9, 10], "nine hundred ten
+    one thousand one hundred twelve" -> [910, 1112]."""
+    out: list[int] = []
+    total = group = 0
+    last: str | None = None
+    for token in [*tokens, ""]:
+        kind = _kind(token)
+        if last is not None and (kind is None or kind not in _EXTENDS[last]):
+            out.append(total + group)
+            total = group = 0
+            last = None
+        if kind is None:
+            continue
+        if kind in ("unit", "teen", "tens"):
+            group += _VALUES[token]
+        elif kind == "hundred":
+            group = (group or 1) * 100
+        else:
+            total += (group or 1) * _SCALES[kind]
+            group = 0
+        last = kind
+    return out
+
+
+def matches(tokens: Sequence[str], answer: Sequence[str]) -> bool:
+    """`answer` (normalised) in `tokens` (normalised): as a contiguous run, or by the looser comparisons of the
+    module docstring for spelled letters and lists of numbers."""
+    if contains(tokens, answer):
+        return True
+    if len(answer) >= 2 and all(len(t) == 1 and t.isalpha() for t in answer):
+        return "".join(answer) in "".join(tokens)
+    if len(answer) >= 2 and all(_kind(t) is not None for t in answer):
+        wanted = numbers(answer)
+        return len(wanted) >= 2 and "".join(map(str, wanted)) in "".join(map(str, numbers(tokens)))
+    return False
