@@ -8,8 +8,8 @@ Whisper over a whole conversation's Moshi channel (mostly silence) misplaces wor
 and drops short replies ("No.", "September." in our held-out set). So the channel is first cut into speech
 regions by its energy (`speech_regions`), the regions are joined with `JOIN_S` of silence between them (a
 compact recording of what Moshi said), transcribed once, and each word's time is mapped back to the region it
-came from. Whisper's word starts are often early (they begin in the silence before the word); each start is
-moved to the first loud 10 ms frame inside the word.
+overlaps most. Whisper's word times are off by 0.1-0.3 s either way: a region's first word is made to start where
+the region's sound starts, and each start is moved to the first loud 10 ms frame inside the word.
 """
 
 from __future__ import annotations
@@ -66,16 +66,17 @@ def speech_regions(audio: np.ndarray, sample_rate: int) -> list[tuple[float, flo
     return out
 
 
-def _place(start: float, end: float, spans: list[tuple[float, float, float]]) -> tuple[float, float]:
-    """A word's compact times -> original times: the region it overlaps most (else the nearest one); the word is
-    clipped to the region (Whisper's start often lies in the silence before the word)."""
+def _place(start: float, end: float, spans: list[tuple[float, float, float]]) -> tuple[int, float, float]:
+    """A word's compact times -> (region index, original start, end): the region it overlaps most (else the
+    nearest one); the word is clipped to the region."""
     def score(span: tuple[float, float, float]) -> float:
         overlap = min(end, span[1]) - max(start, span[0])
         return overlap if overlap > 0 else -min(abs(start - span[1]), abs(end - span[0]))
 
-    cs, ce, orig = max(spans, key=score)
+    k = max(range(len(spans)), key=lambda i: score(spans[i]))
+    cs, ce, orig = spans[k]
     start, end = min(max(start, cs), ce), max(min(end, ce), cs)
-    return start - cs + orig, max(start, end) - cs + orig
+    return k, start - cs + orig, max(start, end) - cs + orig
 
 
 def transcribe_words(asr: WhisperASR, audio: np.ndarray, sample_rate: int) -> list[Word]:
@@ -97,15 +98,19 @@ def transcribe_words(asr: WhisperASR, audio: np.ndarray, sample_rate: int) -> li
     segments, _ = asr.model.transcribe(compact, language="en", beam_size=1, word_timestamps=True,
                                        condition_on_previous_text=False, vad_filter=False)
     mask = speech_mask(frame_levels(audio, sample_rate))
-    words = []
+    words, seen = [], set()
     for segment in segments:
         for w in segment.words or []:
             text = w.word.strip()
             if not text:
                 continue
-            start, end = _place(float(w.start), max(float(w.end), float(w.start)), spans)
+            k, start, end = _place(float(w.start), max(float(w.end), float(w.start)), spans)
+            if k not in seen:  # a region's first word starts where its sound does (Whisper's is often late)
+                seen.add(k)
+                onset = regions[k][0] + (PAD_S if regions[k][0] > 0 else 0.0)
+                start = min(start, onset) if onset < end else start
             loud = np.flatnonzero(mask[int(start / HOP_S): max(int(start / HOP_S) + 1, int(end / HOP_S))])
             if loud.size:  # Whisper's start is often in the silence before the word
-                start += float(loud[0]) * HOP_S
+                start = int(start / HOP_S) * HOP_S + float(loud[0]) * HOP_S
             words.append(Word(text, round(start, 3), round(max(start, end), 3)))
     return words
