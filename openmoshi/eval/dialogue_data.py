@@ -160,10 +160,19 @@ def load_conversations(manifest: str | Path, limit: int | None = None) -> list[C
     entries = [e for e in entries if e.kind == "audio"][:limit]
     if not entries:
         raise DialogueDataError(f"{manifest}: no conversations (audio entries) in the manifest; {SYNTH_HINT}")
+    from ..data.manifest import audio_info
+
     conversations = []
     for e in entries:
         if not e.path.is_file():
             raise DialogueDataError(f"{manifest}:{e.line}: audio file not found: {e.path}")
+        try:
+            channels = audio_info(e.path).channels
+        except (OSError, RuntimeError) as err:
+            raise DialogueDataError(f"{e.path}: cannot read the audio header ({err})") from None
+        if channels != 2:
+            raise DialogueDataError(f"{e.path}: {channels} channel(s); a conversation is a stereo wav (Moshi left, "
+                                    f"the user right): {SYNTH_HINT}")
         conversations.append(read_sidecar(e.path, e.index, e.raw_path, float(e.duration or 0.0)))
     if not any(c.questions for c in conversations):
         raise DialogueDataError(f"{manifest}: the conversations ask no questions; {SYNTH_HINT}")

@@ -6,10 +6,11 @@ audio) against a conversation's ground truth (`dialogue_data.Conversation`). The
 - Answered right. The reply window of a question opens `lead_s` (0.2 s) before the question's last word ends
   (`asked_end`) and closes at the earliest of `asked_end + window_s` (8 s) and the start of the user's next
   line that is not a backchannel, plus `grace_s` (1 s: a reply started in time is read to its end). The words of
-  Moshi that START in the window are normalised (`dialogue_text.normalise`); the question is right when one of
-  its accepted answers (normalised too) appears in them as a contiguous run (or, for spelled letters and lists
-  of numbers, in the looser forms of `dialogue_text.matches`). Yes/no questions: the first "yes"
-  or "no" of the window decides ("No, yes" is wrong), so a model cannot hedge by saying both.
+  Moshi that START in the window are normalised (`dialogue_text.normalise`), and the first `max_reply_tokens`
+  (15) are kept (a reply that lists everything is not right); the question is right when one of its accepted
+  answers (normalised too) appears in them as a contiguous run (or, for spelled letters and lists of numbers, in
+  the looser forms of `dialogue_text.matches`). Yes/no questions: the first "yes" or "no" of the window decides
+  ("No, yes" is wrong), so a model cannot hedge by saying both.
 - Talk-over. A backchannel of Moshi is a run of at most 3 backchannel words in a row ("mm-hm", "right",
   "okay", "yeah", "I see", ...; a pause over `utterance_gap_s`, 0.5 s, or any other word ends a run). A user
   line (not itself a backchannel) is talked over when a word of Moshi that is not part of a backchannel STARTS
@@ -45,6 +46,7 @@ class JudgeConfig:
     talkover_grace_s: float = 0.5  # Moshi's reaction time when the user starts speaking
     utterance_gap_s: float = 0.5  # a longer pause between two backchannel words ends a run
     backchannel_max_words: int = 3
+    max_reply_tokens: int = 15  # only the first words of the window count: a reply listing everything is wrong
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def judge_tokens(tokens: Sequence[str], answers: Sequence[str]) -> str | None:
 def judge_question(conv: Conversation, q: Question, words: Sequence[Word], cfg: JudgeConfig) -> Verdict:
     start, end = reply_window(conv, q, cfg)
     said = words_in(words, start, end)
-    matched = judge_tokens(normalise_words(w.text for w in said), q.answers)
+    matched = judge_tokens(normalise_words(w.text for w in said)[: cfg.max_reply_tokens], q.answers)
     return Verdict(matched is not None, " ".join(w.text for w in said), matched)
 
 

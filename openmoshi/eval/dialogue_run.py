@@ -119,6 +119,7 @@ class ModelRunner:
                 out = session.step(torch.from_numpy(batch).to(session.device))
                 text = out.text.cpu().tolist()
                 pcm = out.pcm[:, 0].float().cpu().numpy() if self.keep_audio else None
+                bar.update(sum(row is not None for row in rows))
                 for r, row in enumerate(rows):
                     if row is None:
                         continue
@@ -126,7 +127,6 @@ class ModelRunner:
                     if pcm is not None:
                         row.pcm.append(pcm[r].copy())
                     row.t += 1
-                    bar.update(1)
                     if row.t >= len(row.frames) + tail:
                         session.leave(r)
                         rows[r] = None

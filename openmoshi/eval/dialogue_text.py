@@ -7,7 +7,8 @@ is found when its tokens appear as a contiguous run in the reply's tokens (`cont
 - lower case; apostrophes dropped ("it's" -> "its"); hyphens, slashes and every other punctuation mark split
   words ("G-I-F-T" -> "g i f t", "forty-two" -> "forty two", "G.I.F.T." -> "g i f t");
 - numbers become words, so digits and words match both ways: "20" -> "twenty", "1,000" -> "one thousand",
-  "42nd" -> "forty second"; "hundred and five" and "hundred five" both become "hundred five";
+  "42nd" -> "forty second"; "hundred and five" and "hundred five" both become "hundred five"; digits glued to
+  letters ("fo2") are no number;
 - a few spelling variants and informal forms become one word: gray -> grey, color -> colour, yeah/yep/yup ->
   yes, nope/nah -> no, ok -> okay.
 
@@ -29,7 +30,8 @@ _ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", 
             "nine": "ninth", "twelve": "twelfth"}
 VARIANTS = {"gray": "grey", "color": "colour", "colors": "colours", "yeah": "yes", "yep": "yes", "yup": "yes",
             "nope": "no", "nah": "no", "ok": "okay"}
-_TOKEN = re.compile(r"\d+(?:st|nd|rd|th)?|[^\W\d_]+", re.UNICODE)
+_CHUNK = re.compile(r"[^\W_]+", re.UNICODE)  # letters and digits; everything else separates
+_ORDINAL_DIGITS = re.compile(r"(\d+)(st|nd|rd|th)")
 _DIGIT_GROUPS = re.compile(r"(?<=\d),(?=\d{3}\b)")  # 1,000 -> 1000 (but "1, 2, 3" stays a list)
 
 
@@ -64,13 +66,13 @@ def normalise(text: str) -> list[str]:
     """Text -> canonical tokens (see the module docstring): "It's 20." -> ['its', 'twenty']."""
     text = _DIGIT_GROUPS.sub("", text.lower().replace("'", "").replace("\u2019", ""))
     out: list[str] = []
-    for token in _TOKEN.findall(text):
-        if token[0].isdigit():
-            digits = token.rstrip("stndrh")
-            words = number_words(int(digits))
-            out.extend(_ordinal(words) if len(digits) < len(token) else words)
-            continue
-        out.append(VARIANTS.get(token, token))
+    for token in _CHUNK.findall(text):
+        if token.isdigit():
+            out.extend(number_words(int(token)))
+        elif (m := _ORDINAL_DIGITS.fullmatch(token)) is not None:
+            out.extend(_ordinal(number_words(int(m.group(1)))))
+        else:  # words; a chunk mixing letters and digits ("fo2", "mp3") is one token that is no number
+            out.append(VARIANTS.get(token, token))
     # "one hundred and five" -> "one hundred five", as number_words writes it
     return [t for i, t in enumerate(out)
             if not (t == "and" and 0 < i < len(out) - 1 and out[i - 1] in ("hundred", "thousand", "million")

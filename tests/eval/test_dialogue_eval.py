@@ -194,6 +194,14 @@ def test_user_mistakes(data, model, tmp_path, capsys):
     (plain / "manifest.jsonl").write_text(json.dumps({"path": "gone.wav", "duration": 3.0}) + "\n")
     assert cli_main(base + ["--oracle", "--data", str(plain / "manifest.jsonl"), "--out", str(tmp_path / "r")]) == 1
     assert "audio file not found" in _err(capsys)
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(plain / "mono.wav", np.zeros(24_000, np.float32), 24_000)
+    (plain / "mono.json").write_text(wav.with_suffix(".json").read_text())
+    (plain / "manifest.jsonl").write_text(json.dumps({"path": "mono.wav", "duration": 1.0}) + "\n")
+    assert cli_main(base + ["--oracle", "--data", str(plain / "manifest.jsonl"), "--out", str(tmp_path / "r")]) == 1
+    assert "stereo" in _err(capsys)
     assert cli_main(base + ["--model", str(tmp_path / "nomodel"), "--data", str(data), "--out", str(tmp_path / "r")]) \
         == 1
     assert "error:" in _err(capsys)

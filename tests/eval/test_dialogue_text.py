@@ -33,6 +33,8 @@ from openmoshi.inference.transcript import Word
     ("Gray? Yeah, OK. Nope.", ["grey", "yes", "okay", "no"]),
     ("Black and white.", ["black", "and", "white"]),
     ("  ", []),
+    ("fo2 3H mp3", ["fo2", "3h", "mp3"]),  # digits glued to letters are no number
+    ("\ufffd2\ufffd", ["two"]),
 ])
 def test_normalise(text, tokens):
     assert normalise(text) == tokens
@@ -85,11 +87,13 @@ QUESTION = Question("arithmetic", "add:2:2", "What is two plus two?", ("four", "
 def test_reply_window_and_verdicts():
     conv, cfg = _conv(TURNS, [QUESTION]), JudgeConfig()
     assert reply_window(conv, QUESTION, cfg) == pytest.approx((2.8, 7.0))  # the next line (not the backchannel)
+    # the last case: the answer after 15 other words (a reply listing everything is not right)
     cases = [([Word("It's", 3.2, 3.3), Word("4.", 3.3, 3.4)], True),
              ([Word("Four.", 6.9, 7.0)], True),  # started in time
              ([Word("Four.", 7.1, 7.2)], False),  # too late: after the user's next line
              ([Word("Four.", 2.0, 2.1)], False),  # before the question ended
-             ([Word("Five.", 3.2, 3.3)], False), ([], False)]
+             ([Word("Five.", 3.2, 3.3)], False), ([], False),
+             ([Word(f"w{i}", 3.1 + i * 0.1, 3.2 + i * 0.1) for i in range(15)] + [Word("four", 4.7, 4.8)], False)]
     for words, right in cases:
         assert judge_question(conv, QUESTION, words, cfg).right is right, words
 
