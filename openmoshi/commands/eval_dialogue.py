@@ -114,6 +114,8 @@ def main(args: argparse.Namespace) -> int:
             results.rtf = _measure(args, models, conversations, threads)
     except (AudioError, DialogueDataError) as err:
         return error(str(err))
+    except KeyboardInterrupt:
+        return error("interrupted: no report written", 130)
     results.settings = {"seed": args.seed, "batch size": args.batch_size, "threads": threads,
                         "audio judge": asr is not None, "limit": args.limit, "data": str(args.data)}
     try:
