@@ -150,12 +150,14 @@ def plot_accuracy(results: DialogueResults) -> bytes:
     for i, stream in enumerate(streams):
         values = [(s[stream]["per_family"].get(f, {}).get("accuracy") or 0.0) * 100 for f in families]
         ax.bar(x + (i - (len(streams) - 1) / 2) * width, values, width, label=stream)
-    ax.axhline(TARGETS["text_accuracy"] * 100, color="grey", linestyle="--", linewidth=1, label="text target")
+    ax.axhline(TARGETS["text_accuracy"] * 100, color="C0", linestyle="--", linewidth=1, label="text target")
+    if "audio" in streams:
+        ax.axhline(TARGETS["audio_accuracy"] * 100, color="C1", linestyle=":", linewidth=1, label="audio target")
     ax.set_xticks(x, families, rotation=30, ha="right")
     ax.set_ylim(0, 100)
     ax.set_ylabel("answered right (%)")
     ax.set_title(f"Accuracy per question family ({results.summary()['questions']} questions)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     data = _png(fig)
     plt.close(fig)
     return data
