@@ -75,6 +75,12 @@ def check_paths(args: argparse.Namespace) -> Path:
     inputs = [("--data", args.data)] + [(f"--{k.replace('_', '-')}", getattr(args, k, None))
                                         for k in ("moshi_weight", "mimi_weight", "tokenizer", "config", "lora")]
     check_outputs([("the report file", out / name, (Path(name).suffix,)) for name in OUTPUT_NAMES], inputs)
+    if not out.exists():  # can the folder be made? (check_outputs cannot tell for /proc and such); leave nothing
+        try:
+            out.mkdir(parents=True)
+            out.rmdir()
+        except OSError as err:
+            raise ValueError(f"--out {args.out}: cannot create the folder ({err.strerror})") from None
     return out
 
 
