@@ -37,6 +37,8 @@ GROUPS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     }),
     "eval": ("evaluation reports", {
         "codec": ("openmoshi.commands.eval_codec", "evaluate a codec: bitrate, mel distance, SI-SDR, PESQ, STOI, WER"),
+        "dialogue": ("openmoshi.commands.eval_dialogue",
+                     "evaluate a model in conversation: questions answered, talk-over, delay, real time"),
     }),
 }
 
