@@ -7,9 +7,13 @@ Mimi's encode of the user's frame, the temporal transformer (`LMModel.forward_te
 text token, the token ring, masks). Timers wrap those four calls (perf_counter; no profiler overhead).
 Reported: the median of each part and the step's median / p99 / max, against the 80 ms frame.
 
-The model: `--nano` (nanomoshi's architecture, random weights), `--model FOLDER`, and `--lm KEY=VALUE ...` /
-`--mimi SECTION.KEY=VALUE ...` to measure a variant of nano (e.g. `--lm num_layers=4 depformer_num_layers=1`).
-Run: nice -n 10 .venv/bin/python bench/step.py --nano [--batch 1 2 4] [--threads 1 2] [--steps 60] [--json FILE]
+The models: `--nano` (nanomoshi's architecture, random weights; `--lm KEY=VALUE ...` / `--mimi
+SECTION.KEY=VALUE ...` measure a variant of it, e.g. `--lm num_layers=4 depformer_num_layers=1`) and/or
+`--model FOLDER ...`. Several models are stepped in turn, one step each, so that the machine's load (this
+machine's 2 cores are shared) hits them alike: compare them within one run; the step's minimum is the figure
+closest to an idle machine.
+Run: nice -n 10 .venv/bin/python bench/step.py --nano [--model FOLDER ...] [--batch 1 2 4] [--threads 1 2]
+     [--steps 60] [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,73 +54,93 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def measure(models, batch: int, threads: int, steps: int, warmup: int) -> dict:
-    import torch
+class Timed:
+    """One model's session of `batch` rows with timers on the four parts of its step."""
 
-    from openmoshi.inference.session import DuplexSession
+    def __init__(self, name: str, models, batch: int) -> None:
+        from openmoshi.inference.session import DuplexSession
 
-    torch.set_num_threads(threads)
-    mimi, lm = models.mimi, models.lm
-    times: dict[str, list[float]] = {p: [] for p in PARTS}
-    originals = []
+        self.name, self.batch = name, batch
+        self.times: dict[str, list[float]] = {p: [] for p in PARTS}
+        self.totals: list[float] = []
+        self._patched = []
+        self._wrap(models.mimi, "encode", "encode")
+        self._wrap(models.mimi, "decode", "decode")
+        self._wrap(models.lm, "forward_temporal", "temporal")
+        self._wrap(models.lm.depformer, "generate", "depth")
+        self.session = DuplexSession(models.mimi, models.lm, batch, seed=0)
 
-    def timed(obj, name: str, part: str) -> None:
-        fn = getattr(obj, name)
-        originals.append((obj, name))
+    def _wrap(self, obj, name: str, part: str) -> None:
+        fn, times = getattr(obj, name), self.times[part]
+        self._patched.append((obj, name))
 
         def call(*a, **k):
             t = time.perf_counter()
             out = fn(*a, **k)
-            times[part].append(time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
             return out
 
         setattr(obj, name, call)
 
-    timed(mimi, "encode", "encode")
-    timed(mimi, "decode", "decode")
-    timed(lm, "forward_temporal", "temporal")
-    timed(lm.depformer, "generate", "depth")
+    def step(self, pcm, timed: bool) -> None:
+        t = time.perf_counter()
+        self.session.step(pcm)
+        if timed:
+            self.totals.append(time.perf_counter() - t)
+        else:
+            for v in self.times.values():
+                v.clear()
+
+    def close(self) -> None:
+        self.session.close()
+        for obj, name in self._patched:
+            delattr(obj, name)  # the instance attribute: the class's method shows through again
+
+    def result(self, threads: int) -> dict:
+        ms = sorted(1000 * t for t in self.totals)
+        parts = {p: round(1000 * statistics.median(v), 2) for p, v in self.times.items() if v}
+        median = statistics.median(ms)
+        parts["other"] = round(median - sum(parts.values()), 2)
+        return {"model": self.name, "batch": self.batch, "threads": threads, "steps": len(ms),
+                "parts_median_ms": parts,
+                "step_ms": {"min": round(ms[0], 2), "median": round(median, 2),
+                            "p99": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2), "max": round(ms[-1], 2)}}
+
+
+def measure(models: dict, batch: int, threads: int, steps: int, warmup: int) -> list[dict]:
+    """Every model's session stepped in turn, step by step (the machine's load hits them alike)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    runs = [Timed(name, m, batch) for name, m in models.items()]
     gen = torch.Generator().manual_seed(0)
-    totals = []
     try:
-        with DuplexSession(mimi, lm, batch, seed=0) as session:
-            for i in range(warmup + steps):
-                pcm = 0.1 * torch.randn(batch, 1, session.frame_size, generator=gen)
-                if i == warmup:
-                    for v in times.values():
-                        v.clear()
-                t = time.perf_counter()
-                session.step(pcm)
-                if i >= warmup:
-                    totals.append(time.perf_counter() - t)
+        for i in range(warmup + steps):
+            pcm = 0.1 * torch.randn(batch, 1, runs[0].session.frame_size, generator=gen)
+            for run in runs:
+                run.step(pcm, timed=i >= warmup)
     finally:
-        for obj, name in originals:
-            delattr(obj, name)  # the instance attribute; the class's method shows through again
-    ms = sorted(1000 * t for t in totals)
-    parts = {p: round(1000 * statistics.median(v), 2) for p, v in times.items() if v}
-    median = statistics.median(ms)
-    parts["other"] = round(median - sum(parts.values()), 2)
-    return {"batch": batch, "threads": threads, "steps": steps, "parts_median_ms": parts,
-            "step_ms": {"median": round(median, 2), "p99": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2),
-                        "max": round(ms[-1], 2)}}
+        for run in runs:
+            run.close()
+    return [run.result(threads) for run in runs]
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| batch | threads | encode | temporal | depth | decode | other | step median / p99 / max (ms) |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| model | batch | threads | encode | temporal | depth | decode | other | step min / median / p99 / max "
+           "(ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         p, s = r["parts_median_ms"], r["step_ms"]
-        out.append(f"| {r['batch']} | {r['threads']} | {p.get('encode', 0):.1f} | {p['temporal']:.1f} | "
-                   f"{p['depth']:.1f} | {p.get('decode', 0):.1f} | {p['other']:.1f} | "
-                   f"{s['median']:.1f} / {s['p99']:.1f} / {s['max']:.1f} |")
+        out.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {p.get('encode', 0):.1f} | "
+                   f"{p['temporal']:.1f} | {p['depth']:.1f} | {p.get('decode', 0):.1f} | {p['other']:.1f} | "
+                   f"{s['min']:.1f} / {s['median']:.1f} / {s['p99']:.1f} / {s['max']:.1f} |")
     return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--nano", action="store_true", help="nanomoshi's architecture with random weights")
-    model.add_argument("--model", default=None, metavar="FOLDER", help="a model folder in Kyutai's layout")
+    parser.add_argument("--nano", action="store_true", help="nanomoshi's architecture with random weights")
+    parser.add_argument("--model", nargs="*", default=[], metavar="FOLDER",
+                        help="model folders in Kyutai's layout (several: stepped in turn, compared)")
     parser.add_argument("--lm", nargs="*", default=[], metavar="KEY=VALUE", help="with --nano: LMConfig fields")
     parser.add_argument("--mimi", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="with --nano: codec config.json overrides, e.g. transformer.num_layers=1")
@@ -134,21 +158,25 @@ def main() -> None:
     from openmoshi.inference.models import load_models, resolve_model_files
 
     torch.set_num_interop_threads(1)
+    if not args.nano and not args.model:
+        parser.error("give --nano or --model FOLDER ...")
+    models = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.nano:
             from openmoshi.testing.nano_model import build_nano_repo
 
             folder = build_nano_repo(Path(tmp) / "nano", lm_overrides=parse_overrides(args.lm),
                                      mimi_overrides=parse_overrides(args.mimi))
-        else:
-            folder = Path(args.model)
-        models = load_models(resolve_model_files(folder), "cpu")
+            models["nano" + "".join(f" {x}" for x in args.lm + args.mimi)] = load_models(
+                resolve_model_files(folder), "cpu")
+        for folder in args.model:
+            models[Path(folder).name] = load_models(resolve_model_files(folder), "cpu")
     rows = []
     for threads in args.threads:
         for batch in args.batch:
-            row = measure(models, batch, threads, args.steps, args.warmup)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            rows.append(row)
+            for row in measure(models, batch, threads, args.steps, args.warmup):
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
     print(markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
