@@ -234,9 +234,9 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
         "silence_filled_steps": sum(st["silence_fills"] for st in stats),
         "conversation_steps": sum(st["steps"] for st in stats),
         "step_ms_p50": [s["step_time_ms"]["p50"] for s in status],
-        "step_ms": {"median": round(float(np.median(steps_ms)), 1), "p99": round(float(np.percentile(steps_ms, 99)), 1),
-                    "max": round(float(steps_ms.max()), 1)},
-        "latency_max_ms": round(float(pooled.max()), 1),
+        "step_ms": {k: round(float(f(steps_ms)), 1) if steps_ms.size else float("nan") for k, f in
+                    (("median", np.median), ("p99", lambda a: np.percentile(a, 99)), ("max", np.max))},
+        "latency_max_ms": round(float(pooled.max()), 1) if pooled.size else float("nan"),
         "cpu_cores_per_conversation": round(cpu / wall / n, 3),
         # the CPU one conversation-second of audio cost: what holding a conversation in real time needs in cores,
         # whether or not this run kept up (a run that fell behind stepped less than it should have)
@@ -248,6 +248,7 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
 
 def realtime(row: dict) -> bool:
     """Every step within one frame, none started late, no user frame dropped."""
+    # (a run without steps has a NaN max: not real time)
     return row["step_ms"]["max"] <= FRAME_MS and row["late_steps"] == 0 and row["input_frames_dropped"] == 0
 
 
