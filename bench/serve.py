@@ -20,8 +20,16 @@ Measured, per conversation and pooled:
   the conversation-seconds actually stepped (steps x 80 ms), i.e. the cores one conversation needs to be held in
   real time, a figure that stays meaningful when a busy machine makes a run fall behind.
 
+The model: by default the server tests' tiny model; `--nano` builds nanomoshi's architecture with random weights
+(`openmoshi.testing.nano_model`: speed does not depend on the weights), `--model FOLDER` takes any model folder.
+`--modes batched` skips the one-process-per-conversation comparison. `--check-realtime` ends the report with one
+line per N: "every frame within 80 ms: yes/no", yes when every step of the batched server (the compute of one
+frame for all N conversations) took at most one frame (80 ms), no step started late and no input frame was
+dropped. (The frame latency above also holds the wait of a frame in its conversation's queue until the next
+step, up to one frame by design, so it is reported but not the criterion.)
+
 Run: nice -n 10 .venv/bin/python bench/serve.py [--sessions 1 2 4] [--seconds 4] [--threads 1] [--device cpu]
-     [--json FILE]
+     [--nano | --model FOLDER] [--modes batched separate] [--check-realtime] [--json FILE]
 """
 
 from __future__ import annotations
@@ -42,10 +50,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+FRAME_MS = 80.0
 
 
-def build_repo(folder: Path, seed: int = 0) -> Path:
-    """The small model in Kyutai's folder layout: the server tests' tiny 80 ms-frame model (random weights)."""
+def build_repo(folder: Path, seed: int = 0, nano: bool = False) -> Path:
+    """The model in Kyutai's folder layout (random weights): the server tests' tiny 80 ms-frame model, or
+    nanomoshi's architecture (`nano`)."""
+    if nano:
+        from openmoshi.testing.nano_model import build_nano_repo
+
+        return build_nano_repo(folder, seed)
     from openmoshi.testing.server_model import build_server_repo
 
     return build_server_repo(folder, seed)
@@ -64,9 +78,10 @@ def worker(args: argparse.Namespace) -> None:
     from openmoshi.server.config import EngineConfig, ServerConfig
     from openmoshi.server.runner import serve_forever
 
-    apply_threads(args.threads)
+    apply_threads(args.threads[0])
     models = load_models(resolve_model_files(args.repo), args.device)
     latencies: dict[int, list[float]] = collections.defaultdict(list)
+    step_s: list[float] = []  # the measured window's step times (the model's compute of one frame for all rows)
     convs: dict[int, object] = {}  # conversations measured (opened after the last reset)
     first_id = [0]
 
@@ -87,10 +102,12 @@ def worker(args: argparse.Namespace) -> None:
         def _step(self, frames) -> None:
             self.bench_stamps = [(conv.id, conv.__dict__["bench_arrivals"].popleft())
                                  for row, conv in self._active.items() if frames.get(row) is not None]
+            start = time.perf_counter()
             super()._step(frames)
+            step_s.append(time.perf_counter() - start)
 
         def _post(self, fn, *args) -> None:
-            if fn is engine_mod._deliver:
+            if fn is engine_mod.deliver:
                 stamps, deliver = self.bench_stamps, fn
 
                 def deliver_and_stamp(*a) -> None:
@@ -113,10 +130,11 @@ def worker(args: argparse.Namespace) -> None:
             "cpu_s": time.process_time(), "latency_s": {str(k): v for k, v in latencies.items()},
             "dropped_in": sum(c.dropped_in for c in convs.values()),
             "silence_fills": sum(c.silence_fills for c in convs.values()),
-            "steps": sum(c.steps for c in convs.values())})
+            "steps": sum(c.steps for c in convs.values()), "step_s": step_s})
 
     async def reset(_request):
         latencies.clear()
+        step_s.clear()
         convs.clear()
         first_id[0] = engine.opened + 1  # conversation ids count from 1 in opening order
         return web.json_response({"cpu_s": time.process_time()})
@@ -205,6 +223,7 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
     cpu = sum(st["cpu_s"] - b for st, b in zip(stats, before, strict=True))
     per_conv = [np.asarray(v) * 1000 for st in stats for v in st["latency_s"].values()]
     pooled = np.concatenate(per_conv) if per_conv else np.zeros(0)
+    steps_ms = np.asarray([t for st in stats for t in st["step_s"]]) * 1000
     return {
         "sessions": n, "mode": mode, "processes": len(servers), "conversations": len(per_conv),
         "frames": int(pooled.size), "wall_s": round(wall, 2),
@@ -215,6 +234,9 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
         "silence_filled_steps": sum(st["silence_fills"] for st in stats),
         "conversation_steps": sum(st["steps"] for st in stats),
         "step_ms_p50": [s["step_time_ms"]["p50"] for s in status],
+        "step_ms": {k: round(float(f(steps_ms)), 1) if steps_ms.size else float("nan") for k, f in
+                    (("median", np.median), ("p99", lambda a: np.percentile(a, 99)), ("max", np.max))},
+        "latency_max_ms": round(float(pooled.max()), 1) if pooled.size else float("nan"),
         "cpu_cores_per_conversation": round(cpu / wall / n, 3),
         # the CPU one conversation-second of audio cost: what holding a conversation in real time needs in cores,
         # whether or not this run kept up (a run that fell behind stepped less than it should have)
@@ -224,15 +246,32 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
     }
 
 
+def realtime(row: dict) -> bool:
+    """Every step within one frame, none started late, no user frame dropped."""
+    # (a run without steps has a NaN max: not real time)
+    return row["step_ms"]["max"] <= FRAME_MS and row["late_steps"] == 0 and row["input_frames_dropped"] == 0
+
+
+def realtime_line(row: dict) -> str:
+    return (f"{row['sessions']} conversations, {row['mode']}, {row['threads']} thread(s): "
+            f"every frame within {FRAME_MS:.0f} ms: "
+            f"{'yes' if realtime(row) else 'no'} (step median {row['step_ms']['median']:.1f} / p99 "
+            f"{row['step_ms']['p99']:.1f} / max {row['step_ms']['max']:.1f} ms, {row['late_steps']} late steps, "
+            f"{row['input_frames_dropped']} input frames dropped; frame latency p99 {row['latency_ms']['p99']:.0f} ms "
+            f"with the queueing)")
+
+
 def markdown(rows: list[dict]) -> str:
-    out = ["| conversations | server | frame latency median / p99 (ms) | worst conversation's p99 (ms) | late "
-           "steps | step p50 (ms) | CPU per conversation (cores) | CPU per real-time conversation (cores) |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| conversations | server | threads | frame latency median / p99 (ms) | worst conversation's p99 (ms) | "
+           "late steps | step median / p99 / max (ms) | CPU per conversation (cores) | CPU per real-time "
+           "conversation (cores) |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         server = "1 batched process" if r["mode"] == "batched" else f"{r['processes']} processes"
-        steps = "/".join(f"{x:.0f}" for x in r["step_ms_p50"] if x is not None)
-        out.append(f"| {r['sessions']} | {server} | {r['latency_ms']['median']:.0f} / {r['latency_ms']['p99']:.0f} "
-                   f"| {r['worst_conversation_p99_ms']:.0f} | {r['late_steps']} | {steps} | "
+        steps = f"{r['step_ms']['median']:.0f} / {r['step_ms']['p99']:.0f} / {r['step_ms']['max']:.0f}"
+        out.append(f"| {r['sessions']} | {server} | {r['threads']} | {r['latency_ms']['median']:.0f} / "
+                   f"{r['latency_ms']['p99']:.0f} | {r['worst_conversation_p99_ms']:.0f} | {r['late_steps']} | "
+                   f"{steps} | "
                    f"{r['cpu_cores_per_conversation']:.2f} | {r['cpu_cores_per_realtime_conversation']:.2f} |")
     return "\n".join(out)
 
@@ -241,9 +280,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured conversation")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per server process")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="torch threads per server process (several: one run each)")
     parser.add_argument("--device", default="cpu", help="the servers' device (cpu, cuda, cuda:N)")
     parser.add_argument("--json", default=None, help="write the results here too")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--nano", action="store_true", help="nanomoshi's architecture with random weights")
+    model.add_argument("--model", default=None, metavar="FOLDER", help="a model folder in Kyutai's layout")
+    parser.add_argument("--modes", nargs="+", choices=["batched", "separate"], default=["batched", "separate"],
+                        help="batched: one server for N conversations; separate: N one-conversation servers")
+    parser.add_argument("--check-realtime", action="store_true",
+                        help="end with one line per batched run: every frame within 80 ms: yes/no")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -254,15 +301,21 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.model is not None and not Path(args.model, "config.json").is_file():
+        parser.error(f"--model {args.model}: not a model folder (no config.json)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        repo = build_repo(Path(tmp) / "small")
-        for n in args.sessions:
-            for mode in ("batched", "separate") if n > 1 else ("batched",):
-                row = measure(repo, n, mode, args.seconds, args.threads, args.device)
+        repo = Path(args.model).resolve() if args.model else build_repo(Path(tmp) / "model", nano=args.nano)
+        for threads, n in ((t, n) for t in args.threads for n in args.sessions):
+            for mode in [m for m in args.modes if n > 1 or m == "batched"]:
+                row = {"threads": threads, **measure(repo, n, mode, args.seconds, threads, args.device)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     print(markdown(rows))
+    if args.check_realtime:
+        for row in rows:
+            if row["mode"] == "batched":
+                print(realtime_line(row))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

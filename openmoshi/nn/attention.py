@@ -199,15 +199,16 @@ class Attention(StreamingModule[_AttentionState]):
             return self.out_proj(y.view(B, 1, H * Dh), step)
         state = self.state if kv is None else None
         qkv = apply_linear(self.in_proj, x, step).view(B, T, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(dim=2)  # each [B, T, H, Dh]
         if state is not None:
             positions = state.offset[:, None] + torch.arange(T, device=x.device)
         elif self.rope_max_period:
             positions = (step + torch.arange(T, device=x.device)).expand(B, T)
         if self.rope_max_period:
-            freqs = self.rope_freqs(x.device)
-            q = apply_rope(q, positions, freqs)
-            k = apply_rope(k, positions, freqs)
+            # Queries and keys rotated in one call (the same elementwise maths as one call each, half the ops).
+            q, k = apply_rope(qkv[:, :, :2], positions, self.rope_freqs(x.device)).unbind(dim=2)
+            v = qkv[:, :, 2]
+        else:
+            q, k, v = qkv.unbind(dim=2)  # each [B, T, H, Dh]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
         if kv is not None:
             out = self._attend_steps(q, k, v, step, kv)

@@ -16,11 +16,13 @@ def rope_frequencies(head_dim: int, max_period: float, device: torch.device | No
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, Dh] by absolute positions [B, T] (long); returns x's dtype.
+    """Rotate x [B, T, H, Dh] (or [B, T, ..., Dh]: e.g. queries and keys together, [B, T, 2, H, Dh]) by absolute
+    positions [B, T] (long); returns x's dtype.
 
     Each pair (x[2i], x[2i+1]) is a complex number rotated by angle positions * freqs[i].
     """
-    angles = positions.to(torch.float32)[:, :, None, None] * freqs  # [B, T, 1, Dh/2]
+    # [B, T, 1, ..., 1] * [Dh/2] -> [B, T, 1, ..., Dh/2], broadcast over the dims between T and Dh
+    angles = positions.to(torch.float32).reshape(*positions.shape, *([1] * (x.dim() - 2))) * freqs
     cos, sin = torch.cos(angles), torch.sin(angles)
     pairs = x.float().unflatten(-1, (-1, 2))
     re, im = pairs[..., 0], pairs[..., 1]

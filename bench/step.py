@@ -1,0 +1,186 @@
+"""Where the time of one duplex step goes: `DuplexSession.step` at batch B, split into its parts.
+
+For each batch size (`--batch 1 2 4`) and torch thread count (`--threads 1 2`): a session of B active
+conversations (random user audio), `--warmup` steps, then `--steps` timed steps. Each step is split into
+Mimi's encode of the user's frame, the temporal transformer (`LMModel.forward_temporal`), the depth transformer
+(`DepthTransformer.generate`, the 8 codebooks with their sampling), Mimi's decode, and the rest (sampling of the
+text token, the token ring, masks). Timers wrap those four calls (perf_counter; no profiler overhead).
+Reported: the median of each part and the step's median / p99 / max, against the 80 ms frame.
+
+The models: `--nano` (nanomoshi's architecture, random weights; `--lm KEY=VALUE ...` / `--mimi
+SECTION.KEY=VALUE ...` measure a variant of it, e.g. `--lm num_layers=4 depformer_num_layers=1`) and/or
+`--model FOLDER ...`. Several models are stepped in turn, one step each, so that the machine's load (this
+machine's 2 cores are shared) hits them alike: compare them within one run; the step's minimum is the figure
+closest to an idle machine.
+Run: nice -n 10 .venv/bin/python bench/step.py --nano [--model FOLDER ...] [--batch 1 2 4] [--threads 1 2]
+     [--steps 60] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FRAME_MS = 80.0
+PARTS = ("encode", "temporal", "depth", "decode")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE (JSON values) -> dict; SECTION.KEY=VALUE -> nested."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        *sections, leaf = key.split(".")
+        node = out
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[leaf] = parsed
+    return out
+
+
+class Timed:
+    """One model's session of `batch` rows with timers on the four parts of its step."""
+
+    def __init__(self, name: str, models, batch: int) -> None:
+        from openmoshi.inference.session import DuplexSession
+
+        self.name, self.batch = name, batch
+        self.times: dict[str, list[float]] = {p: [] for p in PARTS}
+        self.totals: list[float] = []
+        self._patched = []
+        self._wrap(models.mimi, "encode", "encode")
+        self._wrap(models.mimi, "decode", "decode")
+        self._wrap(models.lm, "forward_temporal", "temporal")
+        self._wrap(models.lm.depformer, "generate", "depth")
+        self.session = DuplexSession(models.mimi, models.lm, batch, seed=0)
+
+    def _wrap(self, obj, name: str, part: str) -> None:
+        fn, times = getattr(obj, name), self.times[part]
+        self._patched.append((obj, name))
+
+        def call(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            times.append(time.perf_counter() - t)
+            return out
+
+        setattr(obj, name, call)
+
+    def step(self, pcm, timed: bool) -> None:
+        t = time.perf_counter()
+        self.session.step(pcm)
+        if timed:
+            self.totals.append(time.perf_counter() - t)
+        else:
+            for v in self.times.values():
+                v.clear()
+
+    def close(self) -> None:
+        self.session.close()
+        for obj, name in self._patched:
+            delattr(obj, name)  # the instance attribute: the class's method shows through again
+
+    def result(self, threads: int) -> dict:
+        ms = sorted(1000 * t for t in self.totals)
+        parts = {p: round(1000 * statistics.median(v), 2) for p, v in self.times.items() if v}
+        median = statistics.median(ms)
+        parts["other"] = round(median - sum(parts.values()), 2)
+        return {"model": self.name, "batch": self.batch, "threads": threads, "steps": len(ms),
+                "parts_median_ms": parts,
+                "step_ms": {"min": round(ms[0], 2), "median": round(median, 2),
+                            "p99": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2), "max": round(ms[-1], 2)}}
+
+
+def measure(models: dict, batch: int, threads: int, steps: int, warmup: int) -> list[dict]:
+    """Every model's session stepped in turn, step by step (the machine's load hits them alike)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    runs = [Timed(name, m, batch) for name, m in models.items()]
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for i in range(warmup + steps):
+            pcm = 0.1 * torch.randn(batch, 1, runs[0].session.frame_size, generator=gen)
+            for run in runs:
+                run.step(pcm, timed=i >= warmup)
+    finally:
+        for run in runs:
+            run.close()
+    return [run.result(threads) for run in runs]
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| model | batch | threads | encode | temporal | depth | decode | other | step min / median / p99 / max "
+           "(ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        p, s = r["parts_median_ms"], r["step_ms"]
+        out.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {p.get('encode', 0):.1f} | "
+                   f"{p['temporal']:.1f} | {p['depth']:.1f} | {p.get('decode', 0):.1f} | {p['other']:.1f} | "
+                   f"{s['min']:.1f} / {s['median']:.1f} / {s['p99']:.1f} / {s['max']:.1f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nano", action="store_true", help="nanomoshi's architecture with random weights")
+    parser.add_argument("--model", nargs="*", default=[], metavar="FOLDER",
+                        help="model folders in Kyutai's layout (several: stepped in turn, compared)")
+    parser.add_argument("--lm", nargs="*", default=[], metavar="KEY=VALUE", help="with --nano: LMConfig fields")
+    parser.add_argument("--mimi", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="with --nano: codec config.json overrides, e.g. transformer.num_layers=1")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--json", default=None, help="write the results here too")
+    args = parser.parse_args()
+    from openmoshi.commands.common import configure_threading_env
+
+    configure_threading_env()
+    import torch
+
+    from openmoshi.inference.models import load_models, resolve_model_files
+
+    torch.set_num_interop_threads(1)
+    if not args.nano and not args.model:
+        parser.error("give --nano or --model FOLDER ...")
+    models = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.nano:
+            from openmoshi.testing.nano_model import build_nano_repo
+
+            folder = build_nano_repo(Path(tmp) / "nano", lm_overrides=parse_overrides(args.lm),
+                                     mimi_overrides=parse_overrides(args.mimi))
+            models["nano" + "".join(f" {x}" for x in args.lm + args.mimi)] = load_models(
+                resolve_model_files(folder), "cpu")
+        for folder in args.model:
+            models[Path(folder).name] = load_models(resolve_model_files(folder), "cpu")
+    rows = []
+    for threads in args.threads:
+        for batch in args.batch:
+            for row in measure(models, batch, threads, args.steps, args.warmup):
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
