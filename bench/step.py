@@ -84,14 +84,15 @@ class Timed:
 
         setattr(obj, name, call)
 
-    def step(self, pcm, timed: bool) -> None:
+    def step(self, pcm, timed: bool):
         t = time.perf_counter()
-        self.session.step(pcm)
+        out = self.session.step(pcm)
         if timed:
             self.totals.append(time.perf_counter() - t)
         else:
             for v in self.times.values():
                 v.clear()
+        return out
 
     def close(self) -> None:
         self.session.close()
@@ -123,15 +124,24 @@ def measure(models: dict, batch: int, threads: int, steps: int, warmup: int) -> 
             run.close()
         raise
     gen = torch.Generator().manual_seed(0)
+    same = {run.name: [True, 0.0] for run in runs}  # compiled runs: same tokens as eager, max |pcm difference|
     try:
         for i in range(warmup + steps):
             pcm = 0.1 * torch.randn(batch, 1, runs[0].session.frame_size, generator=gen)
-            for run in runs:
-                run.step(pcm, timed=i >= warmup)
+            outs = {run.name: run.step(pcm, timed=i >= warmup) for run in runs}
+            for name, out in outs.items():
+                ref = outs.get(name.removesuffix(" compiled")) if name.endswith(" compiled") else None
+                if ref is not None:
+                    same[name][0] &= torch.equal(ref.text, out.text) and torch.equal(ref.audio, out.audio)
+                    same[name][1] = max(same[name][1], float((ref.pcm - out.pcm).abs().max()))
     finally:
         for run in runs:
             run.close()
-    return [run.result(threads) for run in runs]
+    results = [run.result(threads) for run in runs]
+    for r in results:
+        if r["model"].endswith(" compiled") and r["model"].removesuffix(" compiled") in same:
+            r["same_tokens_as_eager"], r["max_pcm_diff"] = same[r["model"]][0], same[r["model"]][1]
+    return results
 
 
 def markdown(rows: list[dict]) -> str:

@@ -35,8 +35,27 @@ log = logging.getLogger(__name__)
 
 
 def compile_fn(fn: Callable, backend: str = "inductor") -> Callable:
-    """`fn` compiled once per input shape: the whole function as one graph, static shapes."""
-    return torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)
+    """`fn` compiled once per input shape: the whole function as one graph, static shapes.
+
+    Tensor arguments are passed with the canonical strides of their shape: the compiled code is guarded on
+    exact strides, and a slice can have the same shape with other strides (even on size-1 dims, where
+    `.contiguous()` keeps them), which would compile a second graph."""
+    compiled = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)
+
+    def call(*args: torch.Tensor) -> object:
+        return compiled(*(canonical(a) for a in args))
+
+    return call
+
+
+def canonical(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a copy of it with the row-major strides of its shape (what a fresh tensor of that shape has)."""
+    stride, expected = t.stride(), 1
+    for size, s in zip(reversed(t.shape), reversed(stride), strict=True):
+        if s != expected:
+            return t.clone(memory_format=torch.contiguous_format)
+        expected *= size
+    return t
 
 
 def recompile_limit_reached() -> bool:
@@ -71,8 +90,14 @@ def compile_models(session, backend: str = "inductor") -> tuple[Callable, Callab
     return the compiled (encode_frame, decode_frame) of the session (compilation happens at their first call)."""
     from ..codec.quantizer import EuclideanCodebook
     from ..nn.attention import set_static_shapes
+    from .sampling import bits_to_uniform
 
     set_static_shapes(session.mimi, True)
+    # Module-level caches that a first call fills (a side effect inside the graph, then a guard failure and a
+    # recompilation at the next call): filled eagerly now.
+    gen = session.generator
+    gen._draw_keys(gen.text_keys, gen.audio_keys, gen.offsets)
+    bits_to_uniform(torch.zeros(1, dtype=torch.long, device=gen.offsets.device))
     for m in session.mimi.modules():
         if isinstance(m, EuclideanCodebook):
             m.fill_cache()

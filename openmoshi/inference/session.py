@@ -294,7 +294,7 @@ class DuplexSession:
                 # Rows with nothing to decode get code 0 (any valid id) and are left untouched by the decoder.
                 moshi = moshi.masked_fill(~produce_mask[:, None], 0)
             self._set_mimi_mask(produce_mask)
-            pcm_out = self._decode_frame(moshi[:, :, None].contiguous()).float()  # one layout: no recompile
+            pcm_out = self._decode_frame(moshi[:, :, None]).float()
             if produce_mask is not None:
                 pcm_out = pcm_out.masked_fill(~produce_mask[:, None, None], 0.0)
         return FrameOutput(pcm_out, out.text, out.audio, codes, prime)
