@@ -2,8 +2,9 @@
 recompilation per frame.
 
 Dynamo's tracing (fullgraph, static shapes, the streaming state read and written in place) is what can break, so
-most tests compile with the `aot_eager` backend (the same graphs, run by eager kernels: seconds, not minutes of
-C++ compilation); one test runs inductor itself at batch 1.
+these tests compile with the `aot_eager` backend: the same graphs, run by eager kernels (inductor's C++
+compilation takes minutes even for a tiny model: too slow for the suite). Inductor's numerics against eager are
+checked at nanomoshi's size by `bench/step.py --compile both` (same tokens, max pcm difference).
 """
 
 import pytest
@@ -98,18 +99,3 @@ def test_compile_keeps_running_conversations_and_snapshots(folder):
             rest += script(s, pcm[5:], {})
             outs[name] = first + rest
     assert_same(outs["eager"], outs["compiled"])
-
-
-def test_inductor_compiled_step_equals_eager(folder):
-    torch._dynamo.reset()
-    counters.clear()
-    eager_models, compiled_models = load(folder), load(folder)
-    pcm = frames(5, 1, eager_models.mimi.frame_size, seed=2)
-    with DuplexSession(eager_models.mimi, eager_models.lm, 1, seed=4) as s:
-        eager = script(s, pcm, {})
-    with DuplexSession(compiled_models.mimi, compiled_models.lm, 1, seed=4, compile=True) as s:
-        assert s.compile_seconds is not None and s.compile_seconds > 0
-        first = graphs()
-        compiled = script(s, pcm, {})
-    assert_same(eager, compiled, atol=1e-4)
-    assert graphs() == first
