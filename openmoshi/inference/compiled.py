@@ -58,13 +58,6 @@ def canonical(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def recompile_limit_reached() -> bool:
-    """True when dynamo gave up recompiling some frame (it then runs eagerly); for logs and tests."""
-    from torch._dynamo.utils import counters
-
-    return any("cache_size_limit" in k or "recompile_limit" in k for k in counters["frames"])
-
-
 class Timer:
     """Wall time of a block, for the "compiling ... done in X s" log line."""
 
