@@ -121,7 +121,7 @@ def worker(args: argparse.Namespace) -> None:
             super()._post(fn, *args)
 
     config = ServerConfig(host="127.0.0.1", port=args.port, model_name="bench-small", handshake_timeout=60.0,
-                          engine=EngineConfig(max_sessions=args.max_sessions, seed=1))
+                          engine=EngineConfig(max_sessions=args.max_sessions, seed=1, compile=args.compile == "on"))
     engine = TimedEngine(models.mimi, models.lm, models.tokenizer, config.engine)
     app = build_app(models.mimi, models.lm, models.tokenizer, config, engine=engine)
 
@@ -158,13 +158,13 @@ def http(url: str, method: str = "GET") -> dict:
 
 
 class Server:
-    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str) -> None:
+    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str, compile: bool = False) -> None:
         self.port = free_port()
         env = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": str(threads),
                "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--repo", str(repo), "--port",
                                       str(self.port), "--max-sessions", str(max_sessions), "--threads", str(threads),
-                                      "--device", device],
+                                      "--device", device, "--compile", "on" if compile else "off"],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def wait_ready(self) -> None:
@@ -202,9 +202,9 @@ async def converse_all(urls: list[str], seconds: float) -> list:
     return await asyncio.gather(*(one(i, u) for i, u in enumerate(urls)))
 
 
-def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str) -> dict:
-    servers = ([Server(repo, n, threads, device)] if mode == "batched"
-               else [Server(repo, 1, threads, device) for _ in range(n)])
+def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str, compile: bool = False) -> dict:
+    servers = ([Server(repo, n, threads, device, compile)] if mode == "batched"
+               else [Server(repo, 1, threads, device, compile) for _ in range(n)])
     try:
         for s in servers:
             s.wait_ready()
@@ -225,7 +225,8 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
     pooled = np.concatenate(per_conv) if per_conv else np.zeros(0)
     steps_ms = np.asarray([t for st in stats for t in st["step_s"]]) * 1000
     return {
-        "sessions": n, "mode": mode, "processes": len(servers), "conversations": len(per_conv),
+        "sessions": n, "mode": mode + (" compiled" if compile else ""), "processes": len(servers),
+        "conversations": len(per_conv),
         "frames": int(pooled.size), "wall_s": round(wall, 2),
         "latency_ms": {"median": round(float(np.median(pooled)), 1), "p99": round(float(np.percentile(pooled, 99)), 1)},
         "worst_conversation_p99_ms": round(max(float(np.percentile(v, 99)) for v in per_conv), 1),
@@ -291,6 +292,9 @@ def main() -> None:
                         help="batched: one server for N conversations; separate: N one-conversation servers")
     parser.add_argument("--check-realtime", action="store_true",
                         help="end with one line per batched run: every frame within 80 ms: yes/no")
+    parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                        help="the servers' step through torch.compile (serve --compile): off, on, or both (each "
+                             "measurement eager then compiled; the compilation happens before the measurement)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -308,13 +312,14 @@ def main() -> None:
         repo = Path(args.model).resolve() if args.model else build_repo(Path(tmp) / "model", nano=args.nano)
         for threads, n in ((t, n) for t in args.threads for n in args.sessions):
             for mode in [m for m in args.modes if n > 1 or m == "batched"]:
-                row = {"threads": threads, **measure(repo, n, mode, args.seconds, threads, args.device)}
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                rows.append(row)
+                for compile in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+                    row = {"threads": threads, **measure(repo, n, mode, args.seconds, threads, args.device, compile)}
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
     print(markdown(rows))
     if args.check_realtime:
         for row in rows:
-            if row["mode"] == "batched":
+            if row["mode"].startswith("batched"):
                 print(realtime_line(row))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     io.add_argument("--duration", type=common.positive_float, default=None, metavar="SECONDS",
                     help="microphone mode: stop after this long (default: until Ctrl-C)")
+    io.add_argument("--compile", action="store_true",
+                    help="run the step through torch.compile (same results, faster on CPU; compiles at start: "
+                         "minutes the first time, then cached on disk; see docs/runtime.md)")
     add_sampling_arguments(parser)
 
 
@@ -67,6 +70,18 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                    help="audio top-k (250)")
     s.add_argument("--top-k-text", "--text-top-k", dest="top_k_text", type=common.non_negative_int, default=None,
                    help="text top-k (25)")
+
+
+def announce_compile(compile: bool, batch: int) -> None:
+    if compile:
+        print(f"compiling the step for batch {batch} (torch.compile: minutes the first time, then cached on "
+              "disk)...", file=sys.stderr, flush=True)
+
+
+def announce_compiled(session) -> None:
+    if session.compile_seconds is not None:
+        print(f"compiling the step for batch {session.batch_size}... done in {session.compile_seconds:.1f} s",
+              file=sys.stderr)
 
 
 def sampling_configs(args: argparse.Namespace, gen_config: dict | None = None) -> tuple[SamplingConfig, SamplingConfig]:
@@ -166,9 +181,10 @@ def main(args: argparse.Namespace) -> int:
         from . import chat_live
 
         rec = chat_live.run_live(models, text_cfg, audio_cfg, seed, args.duration,
-                                 Recorder(models.mimi.frame_size, models.mimi.sample_rate))
+                                 Recorder(models.mimi.frame_size, models.mimi.sample_rate), compile=args.compile)
     else:
-        rec = run_file(models, user, text_cfg, audio_cfg, seed, progress=not args.no_progress)
+        rec = run_file(models, user, text_cfg, audio_cfg, seed, progress=not args.no_progress,
+                       compile=args.compile)
     try:
         rec.write(paths, models)
     except OSError as err:
@@ -244,7 +260,7 @@ class Recorder:
 
 
 def run_file(models, user: np.ndarray, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: int,
-             progress: bool = True) -> Recorder:
+             progress: bool = True, compile: bool = False) -> Recorder:
     """A conversation over a recording (mono float32 [T] at Mimi's rate), one frame at a time as if live."""
     import torch
     from tqdm import tqdm
@@ -260,9 +276,12 @@ def run_file(models, user: np.ndarray, text_cfg: SamplingConfig, audio_cfg: Samp
     total = n_frames + lm.cfg.max_delay  # then max_delay frames of silence: Moshi's last frames come out
     rec = Recorder(fs, mimi.sample_rate)
     frame_seconds = fs / mimi.sample_rate
-    bar = tqdm(total=total, unit="frame", disable=not progress, desc="chat", file=sys.stderr)
-    start = time.perf_counter()
-    with DuplexSession(mimi, lm, 1, text_sampling=text_cfg, audio_sampling=audio_cfg, seed=seed) as session:
+    announce_compile(compile, 1)
+    with DuplexSession(mimi, lm, 1, text_sampling=text_cfg, audio_sampling=audio_cfg, seed=seed,
+                       compile=compile) as session:
+        announce_compiled(session)
+        bar = tqdm(total=total, unit="frame", disable=not progress, desc="chat", file=sys.stderr)
+        start = time.perf_counter()
         for t in range(total):
             user_frame = frames[t] if t < n_frames else None
             pcm = None if user_frame is None else torch.from_numpy(user_frame).view(1, 1, fs)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def run_live(models, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: int, duration: float | None,
-             rec):
+             rec, compile: bool = False):
     """Talk until Ctrl-C (or `duration` seconds), recording into `rec` (chat's `Recorder`, given by the caller so
     that this module does not import chat.py: no import cycle); returns `rec`."""
     import sounddevice as sd
@@ -45,9 +45,15 @@ def run_live(models, text_cfg: SamplingConfig, audio_cfg: SamplingConfig, seed: 
     decoder = TextStreamDecoder(models.tokenizer)
     max_frames = None if duration is None else int(duration * rate / fs)
     warned = False
-    print("listening: talk to Moshi (Ctrl-C to stop)", file=sys.stderr)
-    with DuplexSession(mimi, lm, 1, text_sampling=text_cfg, audio_sampling=audio_cfg, seed=seed) as session, \
+    if compile:
+        print("compiling the step for batch 1 (torch.compile: minutes the first time, then cached on disk)...",
+              file=sys.stderr, flush=True)
+    with DuplexSession(mimi, lm, 1, text_sampling=text_cfg, audio_sampling=audio_cfg, seed=seed,
+                       compile=compile) as session, \
             sd.Stream(samplerate=rate, blocksize=fs, channels=1, dtype="float32", callback=callback):
+        if session.compile_seconds is not None:
+            print(f"compiling the step for batch 1... done in {session.compile_seconds:.1f} s", file=sys.stderr)
+        print("listening: talk to Moshi (Ctrl-C to stop)", file=sys.stderr)
         try:
             while max_frames is None or len(rec.moshi_pcm) < max_frames:
                 try:

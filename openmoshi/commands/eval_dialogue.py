@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--window", type=positive_float, default=8.0, metavar="SECONDS",
                     help="longest reply window after a question (default 8)")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    io.add_argument("--compile", action="store_true",
+                    help="run the step through torch.compile (same results, faster on CPU; compiles once per batch "
+                         "size: minutes the first time, then cached on disk)")
     add_model_arguments(parser)
     add_threads_argument(parser)
     add_sampling_arguments(parser)
@@ -142,7 +145,11 @@ def _runner(args: argparse.Namespace, keep_audio: bool):
 
     models = models_from_args(args)
     text_cfg, audio_cfg = sampling_configs(args, models.files.repo_config.lm_gen_config)
-    return ModelRunner(models, args.batch_size, text_cfg, audio_cfg, args.seed, keep_audio), models
+    if args.compile:
+        print("--compile: the step is compiled as each session starts (once per batch size; minutes the first "
+              "time, then cached on disk)", file=sys.stderr)
+    return ModelRunner(models, args.batch_size, text_cfg, audio_cfg, args.seed, keep_audio,
+                       compile=args.compile), models
 
 
 def _measure(args: argparse.Namespace, models, conversations, threads: int):
@@ -156,7 +163,7 @@ def _measure(args: argparse.Namespace, models, conversations, threads: int):
         if not args.no_progress:
             print(f"timing {args.rtf_frames} frames with {batch} conversation(s) at once...", file=sys.stderr)
         results.append(measure_rtf(models, users, batch, args.rtf_frames, text_cfg, audio_cfg, args.seed,
-                                   threads=threads))
+                                   threads=threads, compile=args.compile))
     return results
 
 

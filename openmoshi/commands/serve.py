@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     srv.add_argument("--drain-timeout", type=common.non_negative_float, default=300.0, metavar="SECONDS",
                      help="on SIGTERM, take no new conversations and wait this long at most for the open ones to "
                           "end (default 300)")
+    srv.add_argument("--compile", action="store_true",
+                     help="run the step through torch.compile (same results, faster on CPU; compiles at start: "
+                          "minutes the first time, then cached on disk; see docs/runtime.md)")
     srv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="logging level (default info: one line per connection opened and closed)")
     add_sampling_arguments(parser)
@@ -131,12 +134,14 @@ def run(args: argparse.Namespace, models, token: str | None, ctx, threads: int, 
         cap = estimate(models.mimi, models.lm)
         sessions = cap.sessions
         log.info("max sessions: %d (what fits: %s; --max-sessions N overrides)", sessions, cap.reason)
+        if args.compile:
+            log.info("the estimate timed the eager step: with --compile more may fit (--max-sessions N)")
     else:
         sessions = args.max_sessions
         log.info("max sessions: %d (--max-sessions)", sessions)
     text_cfg, audio_cfg = sampling_configs(args, models.files.repo_config.lm_gen_config)
     engine = EngineConfig(max_sessions=sessions, step_period=None if args.step_ms is None else args.step_ms / 1000,
-                          text_sampling=text_cfg, audio_sampling=audio_cfg, seed=args.seed)
+                          text_sampling=text_cfg, audio_sampling=audio_cfg, seed=args.seed, compile=args.compile)
     config = ServerConfig(host=args.host, port=args.port, token=token, model_name=models.files.source,
                           static_dir=static, engine=engine)
     app = build_app(models.mimi, models.lm, models.tokenizer, config)

@@ -82,8 +82,9 @@ class ModelRunner:
     """A model (`inference.models.LoadedModels`) as Moshi over conversations, `batch_size` at a time."""
 
     def __init__(self, models: LoadedModels, batch_size: int, text_sampling: SamplingConfig,
-                 audio_sampling: SamplingConfig, seed: int, keep_audio: bool = True) -> None:
+                 audio_sampling: SamplingConfig, seed: int, keep_audio: bool = True, compile: bool = False) -> None:
         self.models, self.batch_size, self.seed, self.keep_audio = models, batch_size, seed, keep_audio
+        self.compile = compile  # DuplexSession(compile=True): same results, compiled once per batch size
         self.text_sampling, self.audio_sampling = text_sampling, audio_sampling
         self.name = str(models.files.source)
         self.sample_rate = models.mimi.sample_rate
@@ -105,7 +106,7 @@ class ModelRunner:
         rows: list[_Row | None] = [None] * self.batch_size
         bar = _progress(total, "eval dialogue", progress)
         with DuplexSession(mimi, lm, self.batch_size, self.text_sampling, self.audio_sampling, self.seed,
-                           start_all=False) as session:
+                           start_all=False, compile=self.compile) as session:
             while queue or any(rows):
                 for r in range(self.batch_size):
                     if rows[r] is None and queue:
@@ -198,7 +199,7 @@ class RtfResult:
 
 def measure_rtf(models: LoadedModels, users: Sequence[np.ndarray], batch: int, frames: int,
                 text_sampling: SamplingConfig, audio_sampling: SamplingConfig, seed: int = 0, warmup: int = 5,
-                threads: int = 1) -> RtfResult:
+                threads: int = 1, compile: bool = False) -> RtfResult:
     """Step a session of `batch` rows over the user channels `users` (mono [T] each, cycled over the rows) for
     `warmup` + `frames` frames; the wall time of each of the last `frames` steps (host sync included)."""
     import torch
@@ -215,7 +216,7 @@ def measure_rtf(models: LoadedModels, users: Sequence[np.ndarray], batch: int, f
         rows.append(audio.reshape(warmup + frames, fs))
     stacked = torch.from_numpy(np.stack(rows, axis=1)[:, :, None, :].copy())  # [steps, B, 1, fs]
     times = []
-    with DuplexSession(models.mimi, models.lm, batch, text_sampling, audio_sampling, seed) as session:
+    with DuplexSession(models.mimi, models.lm, batch, text_sampling, audio_sampling, seed, compile=compile) as session:
         for t in range(warmup + frames):
             start = time.perf_counter()
             out = session.step(stacked[t].to(session.device))

@@ -122,6 +122,7 @@ class LMGenerator:
         self.steps = 0  # host-side bound on every row's offset (steps since the start or the last full reset)
         self._masked = False
         self.last_sampled: tuple[torch.Tensor, torch.Tensor] | None = None  # (text [B], audio [B, dep_q])
+        self._core = self.sample_step  # or its compiled version (`compile`)
 
     @torch.no_grad()
     def _first_step(self) -> tuple[torch.Tensor, torch.Tensor, StatePatch]:
@@ -273,11 +274,9 @@ class LMGenerator:
             is_init = is_init | ~active[:, None]  # untouched rows read initial tokens: never a -2
         tokens = torch.where(is_init[..., None], self.initial[None, :, None], cache.gather(2, read))
 
-        h, text_logits = self.model.forward_temporal(tokens)
-        text_keys, audio_keys = self._draw_keys(self.text_keys, self.audio_keys, offsets)
-        text = sample_rows(text_logits[:, 0], self.text_rows, text_keys)
-        sampler = _AudioSampler(self.audio_rows, audio_keys)
-        audio = self.model.depformer.generate(h[:, 0], text, sampler, self.depth_cache)
+        self.text_rows.plan(cfg.text_card)  # the draws' plans, made on the host (a compiled core only reads them)
+        self.audio_rows.plan(cfg.card)
+        text, audio = self._core(tokens, offsets)
         self.last_sampled = (text, audio)
 
         new = torch.cat([text[:, None], audio], dim=1)  # [B, 1 + dep_q]
@@ -299,6 +298,24 @@ class LMGenerator:
             not_ready = not_ready | ~active
         out = out.masked_fill(not_ready[:, None], UNGENERATED)
         return StepOutput(out[:, 0], out[:, 1:])
+
+    def sample_step(self, tokens: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's part of a step: tokens [B, K, 1], offsets [B] (the rows' step counters) -> (text [B],
+        audio [B, dep_q]). The temporal step, the text draw, the depth transformer's codebooks and their draws."""
+        h, text_logits = self.model.forward_temporal(tokens)
+        text_keys, audio_keys = self._draw_keys(self.text_keys, self.audio_keys, offsets)
+        text = sample_rows(text_logits[:, 0], self.text_rows, text_keys)
+        sampler = _AudioSampler(self.audio_rows, audio_keys)
+        return text, self.model.depformer.generate(h[:, 0], text, sampler, self.depth_cache)
+
+    def compile(self, backend: str = "inductor") -> None:
+        """Run `sample_step` through torch.compile from now on (see inference/compiled.py); same results.
+        The model is switched to static-shape attention. The compilation itself happens at the next step."""
+        from ..nn.attention import set_static_shapes
+        from .compiled import compile_fn
+
+        set_static_shapes(self.model, True)
+        self._core = compile_fn(self.sample_step, backend)
 
     def _draw_keys(self, text_seed_keys: torch.Tensor, audio_seed_keys: torch.Tensor, counters: torch.Tensor,
                    ) -> tuple[torch.Tensor, torch.Tensor]:

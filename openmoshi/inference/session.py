@@ -25,7 +25,7 @@ Per frame no host syncs: which rows are active, fresh or already producing is kn
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +34,7 @@ from ..codec.mimi import Mimi
 from ..lm.model import LMModel
 from ..nn import streaming as st
 from ..nn.streaming import StreamingSnapshot, reset_streaming, set_exec_mask, streaming
+from .compiled import log_done, log_start
 from .generator import UNGENERATED, GeneratorSnapshot, LMGenerator, StepOutput
 from .sampling import SamplingConfig
 
@@ -85,6 +86,7 @@ class DuplexSession:
 
     Use as a context manager (or call `close()`): it holds both models' streaming state, so a model pair
     serves one session at a time. Rows start inactive unless `start_all` (then every row joins now).
+    `compile`: the step's model work runs through torch.compile (`compile_step`, done here; same results).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class DuplexSession:
         audio_sampling: SamplingConfig | None = None,
         seed: int | None = None,
         start_all: bool = True,
+        compile: bool = False,
     ) -> None:
         cfg = lm.cfg
         if mimi.cfg.quantizer.num_codebooks < max(cfg.num_user_codebooks, moshi_codebooks(lm)):
@@ -125,6 +128,15 @@ class DuplexSession:
         self._masks: dict[tuple[bool, ...], torch.Tensor] = {}
         self._mimi_mask: torch.Tensor | None = None  # the exec mask Mimi holds now (None: every row)
         self._zero_codes = torch.zeros(batch_size, self.n_user, dtype=torch.long, device=self.device)
+        self._encode_frame: Callable[[torch.Tensor], torch.Tensor] = self._encode_codes
+        self._decode_frame: Callable[[torch.Tensor], torch.Tensor] = mimi.decode
+        self.compile_seconds: float | None = None  # set by `compile_step`
+        if compile:
+            try:
+                self.compile_step()
+            except BaseException:
+                self.close()
+                raise
         if start_all:
             self.join(range(batch_size))
 
@@ -206,8 +218,43 @@ class DuplexSession:
             raise ValueError(f"user audio must have shape [{B}, 1, {self.frame_size}], got {list(pcm.shape)}")
         if not self.n_user:
             return self._zero_codes
-        codes = self.mimi.encode(pcm.to(self.device), num_codebooks=self.n_user)  # [B, n_user, 1]
-        return codes[:, :, 0]
+        return self._encode_frame(pcm.to(self.device))
+
+    def _encode_codes(self, pcm: torch.Tensor) -> torch.Tensor:
+        """pcm [B, 1, frame_size] -> codes [B, n_user] (Mimi's streaming encode; compiled by `compile_step`)."""
+        return self.mimi.encode(pcm, num_codebooks=self.n_user)[:, :, 0]
+
+    def compile_step(self, backend: str = "inductor") -> float:
+        """Compile the step's model work (Mimi's encode and decode of one frame, the generator's model step) for
+        this batch size and return the seconds it took; later steps give the same results, faster.
+
+        Compiles now, by running each compiled piece once on the current state and putting the state back (rows
+        and their conversations are unchanged). Switches both models to static-shape attention. Idempotent.
+        See inference/compiled.py."""
+        if self.compile_seconds is not None:
+            return self.compile_seconds
+        from .compiled import Timer, compile_models
+
+        B = self.batch_size
+        log_start(B)
+        with Timer() as timer:
+            self._encode_frame, self._decode_frame = compile_models(self, backend)
+            rows = range(B)
+            saved = st.get_state(self.mimi, rows), st.get_state(self.lm.transformer, rows)
+            gen = self.generator
+            tokens = self.lm.initial_tokens().view(1, -1, 1).expand(B, -1, 1).contiguous()
+            with torch.no_grad():
+                if self.n_user:
+                    self._encode_frame(torch.zeros(B, 1, self.frame_size, device=self.device))
+                self.generator.text_rows.plan(self.lm.cfg.text_card)
+                self.generator.audio_rows.plan(self.lm.cfg.card)
+                gen._core(tokens, gen.offsets.clone())
+                self._decode_frame(torch.zeros(B, self.n_moshi, 1, dtype=torch.long, device=self.device))
+            st.set_state(self.mimi, rows, saved[0])
+            st.set_state(self.lm.transformer, rows, saved[1])
+        self.compile_seconds = timer.seconds
+        log_done(B, timer.seconds)
+        return timer.seconds
 
     @torch.no_grad()
     def step(self, pcm: torch.Tensor | None = None) -> FrameOutput:
@@ -247,7 +294,7 @@ class DuplexSession:
                 # Rows with nothing to decode get code 0 (any valid id) and are left untouched by the decoder.
                 moshi = moshi.masked_fill(~produce_mask[:, None], 0)
             self._set_mimi_mask(produce_mask)
-            pcm_out = self.mimi.decode(moshi[:, :, None]).float()
+            pcm_out = self._decode_frame(moshi[:, :, None]).float()
             if produce_mask is not None:
                 pcm_out = pcm_out.masked_fill(~produce_mask[:, None, None], 0.0)
         return FrameOutput(pcm_out, out.text, out.audio, codes, prime)

@@ -41,6 +41,7 @@ class EngineConfig:
     audio_sampling: SamplingConfig | None = None
     seed: int | None = None
     step_history: int = 2000  # steps kept for the step-time percentiles of /api/status
+    compile: bool = False  # the step through torch.compile (DuplexSession(compile=True)), compiled at start
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:

@@ -88,7 +88,8 @@ class Engine:
             raise RuntimeError("engine already started")
         self._loop = loop
         self.session = DuplexSession(self.mimi, self.lm, self.config.max_sessions, text_sampling=self.text_sampling,
-                                     audio_sampling=self.audio_sampling, start_all=False)
+                                     audio_sampling=self.audio_sampling, start_all=False,
+                                     compile=self.config.compile)  # compiling logs its time
         self._thread = threading.Thread(target=self._run, name="openmoshi-engine", daemon=True)
         self._thread.start()
 
