@@ -169,7 +169,18 @@ EOF
 }
 
 run_prepare() {
-  "${CLI[@]}" data prepare "$TRAIN_LIST" --model "$OUT/assets" --device cpu --no-progress
+  # Encoding is one process per core (--threads N: N ranks of 1 thread, which beats one process of N threads on
+  # Mimi's small per-frame ops), then one call that finds every chunk done and writes the index.
+  local pids=() r fail=0
+  if [ "$THREADS" -gt 1 ]; then
+    for ((r = 0; r < THREADS; r++)); do
+      "${CLI[@]}" data prepare "$TRAIN_LIST" --model "$OUT/assets" --device cpu --no-progress --threads 1 \
+        --rank "$r" --world-size "$THREADS" & pids+=($!)
+    done
+    for r in "${pids[@]}"; do wait "$r" || fail=1; done
+    [ "$fail" = 0 ] || { echo "prepare: a rank failed (see above)"; return 1; }
+  fi
+  "${CLI[@]}" data prepare "$TRAIN_LIST" --model "$OUT/assets" --device cpu --no-progress --threads "$THREADS"
 }
 
 run_lm-pre() {

@@ -135,3 +135,27 @@ def test_snapshot_freezes_the_finished_conversations(tmp_path: Path) -> None:
     assert [e["path"] for e in frozen] == [str(root / "c0.wav"), str(root / "c2.wav")]
     again = run("--data-root", str(root), "--out", str(out), "--only", "snapshot")
     assert "stage snapshot: complete, skipped" in again.stdout  # frozen: later conversations do not change it
+
+
+def test_prepare_runs_one_rank_per_thread_then_writes_the_index(tmp_path: Path) -> None:
+    out, calls = tmp_path / "out", tmp_path / "calls.txt"
+    py = tmp_path / "prepy"  # records its arguments; the call without --rank writes the index
+    py.write_text('#!/usr/bin/env bash\necho "$@" >> "$CALLS"\ncase "$*" in *--rank*) exit 0 ;; esac\n'
+                  f'mkdir -p "{out}/data/train.prepared"; echo {{}} > "{out}/data/train.prepared/index.json"\n')
+    py.chmod(0o755)
+    env = {"OPENMOSHI_PYTHON": str(py), "CALLS": str(calls)}
+    r = run("--data-root", str(data_root(tmp_path)), "--out", str(out), "--only", "prepare", "--threads", "3",
+            env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = calls.read_text().splitlines()
+    ranks = sorted(line.split("--rank ")[1].split()[0] for line in lines if "--rank" in line)
+    assert ranks == ["0", "1", "2"] and all("--world-size 3" in line for line in lines if "--rank" in line)
+    assert "--rank" not in lines[-1] and "--threads 3" in lines[-1]
+    # a failing rank fails the stage, and the index call does not run
+    (out / "data" / "train.prepared" / "index.json").unlink()
+    py.write_text('#!/usr/bin/env bash\necho "$@" >> "$CALLS"\ncase "$*" in *"--rank 1"*) exit 4 ;; esac\n')
+    calls.unlink()
+    r = run("--data-root", str(data_root(tmp_path)), "--out", str(out), "--only", "prepare", "--threads", "2",
+            env=env)
+    assert r.returncode == 1 and "stage prepare: FAILED" in (out / "pipeline.log").read_text()
+    assert all("--rank" in line for line in calls.read_text().splitlines())
