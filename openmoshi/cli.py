@@ -26,10 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Groups of commands: `openmoshi data check ...`. name -> (one-line help, {sub: (module, one-line help)}).
 GROUPS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
-    "data": ("datasets: check, prepare, synthesise", {
+    "data": ("datasets: check, prepare, synthesise, cut into clips", {
         "check": ("openmoshi.commands.data_check", "validate a dataset manifest and list every problem"),
         "prepare": ("openmoshi.commands.data_prepare", "compute Mimi codes and the text stream into shards"),
         "synth": ("openmoshi.commands.data_synth", "generate spoken two-party conversations offline"),
+        "clips": ("openmoshi.commands.data_clips", "cut conversations into short mono clips with their words"),
     }),
     "train": ("training: the language model, the codec", {
         "lm": ("openmoshi.commands.train_lm", "train or fine-tune (full or LoRA) the language model"),
