@@ -28,8 +28,12 @@ frame for all N conversations) took at most one frame (80 ms), no step started l
 dropped. (The frame latency above also holds the wait of a frame in its conversation's queue until the next
 step, up to one frame by design, so it is reported but not the criterion.)
 
+`--compile` and `--model-process` (each off, on or both) measure the server's step through torch.compile and in
+its own process (serve's flags of the same names); the CPU figures then include the model process's CPU.
+
 Run: nice -n 10 .venv/bin/python bench/serve.py [--sessions 1 2 4] [--seconds 4] [--threads 1] [--device cpu]
-     [--nano | --model FOLDER] [--modes batched separate] [--check-realtime] [--json FILE]
+     [--nano | --model FOLDER] [--modes batched separate] [--compile off|on|both] [--model-process off|on|both]
+     [--check-realtime] [--json FILE]
 """
 
 from __future__ import annotations
@@ -121,13 +125,26 @@ def worker(args: argparse.Namespace) -> None:
             super()._post(fn, *args)
 
     config = ServerConfig(host="127.0.0.1", port=args.port, model_name="bench-small", handshake_timeout=60.0,
-                          engine=EngineConfig(max_sessions=args.max_sessions, seed=1, compile=args.compile == "on"))
+                          engine=EngineConfig(max_sessions=args.max_sessions, seed=1, compile=args.compile == "on",
+                                              model_process=args.model_process == "on"))
     engine = TimedEngine(models.mimi, models.lm, models.tokenizer, config.engine)
     app = build_app(models.mimi, models.lm, models.tokenizer, config, engine=engine)
 
+    def cpu_s() -> float:
+        """This process's CPU time plus its model process's (`--model-process`), from /proc."""
+        pid = getattr(engine.session, "pid", None)
+        child = 0.0
+        if pid is not None:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                child = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            except (OSError, IndexError, ValueError):
+                pass
+        return time.process_time() + child
+
     async def stats(_request):
         return web.json_response({
-            "cpu_s": time.process_time(), "latency_s": {str(k): v for k, v in latencies.items()},
+            "cpu_s": cpu_s(), "latency_s": {str(k): v for k, v in latencies.items()},
             "dropped_in": sum(c.dropped_in for c in convs.values()),
             "silence_fills": sum(c.silence_fills for c in convs.values()),
             "steps": sum(c.steps for c in convs.values()), "step_s": step_s})
@@ -137,7 +154,7 @@ def worker(args: argparse.Namespace) -> None:
         step_s.clear()
         convs.clear()
         first_id[0] = engine.opened + 1  # conversation ids count from 1 in opening order
-        return web.json_response({"cpu_s": time.process_time()})
+        return web.json_response({"cpu_s": cpu_s()})
 
     app.router.add_get("/bench/stats", stats)
     app.router.add_post("/bench/reset", reset)
@@ -158,13 +175,15 @@ def http(url: str, method: str = "GET") -> dict:
 
 
 class Server:
-    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str, compile: bool = False) -> None:
+    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str, compile: bool = False,
+                 process: bool = False) -> None:
         self.port = free_port()
         env = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": str(threads),
                "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--repo", str(repo), "--port",
                                       str(self.port), "--max-sessions", str(max_sessions), "--threads", str(threads),
-                                      "--device", device, "--compile", "on" if compile else "off"],
+                                      "--device", device, "--compile", "on" if compile else "off",
+                                      "--model-process", "on" if process else "off"],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def wait_ready(self) -> None:
@@ -202,9 +221,10 @@ async def converse_all(urls: list[str], seconds: float) -> list:
     return await asyncio.gather(*(one(i, u) for i, u in enumerate(urls)))
 
 
-def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str, compile: bool = False) -> dict:
-    servers = ([Server(repo, n, threads, device, compile)] if mode == "batched"
-               else [Server(repo, 1, threads, device, compile) for _ in range(n)])
+def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str, compile: bool = False,
+            process: bool = False) -> dict:
+    servers = ([Server(repo, n, threads, device, compile, process)] if mode == "batched"
+               else [Server(repo, 1, threads, device, compile, process) for _ in range(n)])
     try:
         for s in servers:
             s.wait_ready()
@@ -225,7 +245,8 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
     pooled = np.concatenate(per_conv) if per_conv else np.zeros(0)
     steps_ms = np.asarray([t for st in stats for t in st["step_s"]]) * 1000
     return {
-        "sessions": n, "mode": mode + (" compiled" if compile else ""), "processes": len(servers),
+        "sessions": n, "mode": mode + (" compiled" if compile else "") + (" model-process" if process else ""),
+        "processes": len(servers),
         "conversations": len(per_conv),
         "frames": int(pooled.size), "wall_s": round(wall, 2),
         "latency_ms": {"median": round(float(np.median(pooled)), 1), "p99": round(float(np.percentile(pooled, 99)), 1)},
@@ -268,7 +289,8 @@ def markdown(rows: list[dict]) -> str:
            "conversation (cores) |",
            "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        server = "1 batched process" if r["mode"] == "batched" else f"{r['processes']} processes"
+        server = (f"1 batched process{r['mode'][len('batched'):]}" if r["mode"].startswith("batched")
+                  else f"{r['processes']} processes{r['mode'][len('separate'):]}")
         steps = f"{r['step_ms']['median']:.0f} / {r['step_ms']['p99']:.0f} / {r['step_ms']['max']:.0f}"
         out.append(f"| {r['sessions']} | {server} | {r['threads']} | {r['latency_ms']['median']:.0f} / "
                    f"{r['latency_ms']['p99']:.0f} | {r['worst_conversation_p99_ms']:.0f} | {r['late_steps']} | "
@@ -295,6 +317,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
                         help="the servers' step through torch.compile (serve --compile): off, on, or both (each "
                              "measurement eager then compiled; the compilation happens before the measurement)")
+    parser.add_argument("--model-process", choices=["off", "on", "both"], default="off",
+                        help="the servers' model step in its own process (serve --model-process): off, on, or both "
+                             "(each measurement in the server's thread then in a model process)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -308,12 +333,14 @@ def main() -> None:
     if args.model is not None and not Path(args.model, "config.json").is_file():
         parser.error(f"--model {args.model}: not a model folder (no config.json)")
     rows = []
+    choices = {"off": [False], "on": [True], "both": [False, True]}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(args.model).resolve() if args.model else build_repo(Path(tmp) / "model", nano=args.nano)
         for threads, n in ((t, n) for t in args.threads for n in args.sessions):
             for mode in [m for m in args.modes if n > 1 or m == "batched"]:
-                for compile in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
-                    row = {"threads": threads, **measure(repo, n, mode, args.seconds, threads, args.device, compile)}
+                for compile, process in ((c, p) for c in choices[args.compile] for p in choices[args.model_process]):
+                    row = {"threads": threads, **measure(repo, n, mode, args.seconds, threads, args.device, compile,
+                                                         process)}
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     rows.append(row)
     print(markdown(rows))

@@ -42,6 +42,7 @@ class EngineConfig:
     seed: int | None = None
     step_history: int = 2000  # steps kept for the step-time percentiles of /api/status
     compile: bool = False  # the step through torch.compile (DuplexSession(compile=True)), compiled at start
+    model_process: bool = False  # the step in a child process (inference/session_process.py), apart from the GIL
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:

@@ -82,16 +82,27 @@ class Engine:
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        from ..inference.session import DuplexSession
-
         if self._thread is not None:
             raise RuntimeError("engine already started")
         self._loop = loop
-        self.session = DuplexSession(self.mimi, self.lm, self.config.max_sessions, text_sampling=self.text_sampling,
-                                     audio_sampling=self.audio_sampling, start_all=False,
-                                     compile=self.config.compile)  # compiling logs its time
+        self.session = self._new_session()
         self._thread = threading.Thread(target=self._run, name="openmoshi-engine", daemon=True)
         self._thread.start()
+
+    def _new_session(self):
+        """The batch's session: a DuplexSession on this process's thread, or in a child process
+        (`config.model_process`, inference/session_process.py: the step out of the event loop's GIL)."""
+        kwargs = dict(text_sampling=self.text_sampling, audio_sampling=self.audio_sampling, start_all=False,
+                      compile=self.config.compile)  # compiling logs its time
+        if self.config.model_process:
+            from ..inference.session_process import ProcessSession
+
+            session = ProcessSession(self.mimi, self.lm, self.config.max_sessions, **kwargs)
+            log.info("model step in its own process (pid %s)", session.pid)
+            return session
+        from ..inference.session import DuplexSession
+
+        return DuplexSession(self.mimi, self.lm, self.config.max_sessions, **kwargs)
 
     def stop(self, timeout: float = 30.0) -> None:
         """End the worker (after its current step) and release the models' streaming state."""
@@ -281,6 +292,8 @@ class Engine:
             except Exception as err:  # a server bug or device failure, not a client's input: end every conversation
                 log.exception("model step failed; ending the %d active conversations", len(self._active))
                 self._fail_all(f"server error: {type(err).__name__}: {err}")
+                if not self._restart_if_dead():
+                    break
         self._fail_all("the server is shutting down")
         with self._cond:
             pending, self._joining = self._joining + self._leaving, []
@@ -291,11 +304,32 @@ class Engine:
                 self._release(conv)
                 self._post(wake, conv)
 
+    def _restart_if_dead(self) -> bool:
+        """After a failed step: a model process that died (or hung and was stopped) is started again, so the
+        server goes on with new conversations. False when that fails too (the engine then stops: health 503)."""
+        if not self.config.model_process or getattr(self.session, "alive", True):
+            return True
+        log.error("the model process is gone; ending its conversations and starting a new one")
+        self._fail_all("server error: the model process stopped")
+        try:
+            self.session.close()
+            self.session = self._new_session()
+        except Exception:
+            log.exception("could not restart the model process; the engine stops")
+            with self._cond:
+                self._stopping = True
+            return False
+        return True
+
     def _apply(self, joining: list[Conversation], leaving: list[Conversation]) -> None:
         for conv in leaving:
             if self._active.get(conv.row) is conv:
-                self.session.leave(conv.row)
-                del self._active[conv.row]
+                try:
+                    self.session.leave(conv.row)
+                except Exception:  # the model process died: the row is free anyway in the new one
+                    log.exception("could not end conversation %d in the model", conv.id)
+                    self._restart_if_dead()
+                self._active.pop(conv.row, None)
             with self._cond:
                 self._release(conv)
         for conv in joining:
@@ -304,6 +338,7 @@ class Engine:
                                   seed=conv.seed, audio_seed=conv.audio_seed)
             except Exception as err:
                 log.exception("could not start conversation %d", conv.id)
+                self._restart_if_dead()
                 conv.end_reason = f"server error: {type(err).__name__}: {err}"
                 with self._cond:
                     conv._closing = True
