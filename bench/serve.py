@@ -74,6 +74,9 @@ def worker(args: argparse.Namespace) -> None:
     from openmoshi.commands.common import apply_threads, configure_threading_env
 
     configure_threading_env()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")  # to the log read by `Server`
     from aiohttp import web
 
     from openmoshi.inference.models import load_models, resolve_model_files
@@ -150,6 +153,7 @@ def worker(args: argparse.Namespace) -> None:
             "steps": sum(c.steps for c in convs.values()), "step_s": step_s})
 
     async def reset(_request):
+        logging.getLogger("openmoshi.server").warning("bench: measuring from here (behind real time before: warm-up)")
         latencies.clear()
         step_s.clear()
         convs.clear()
@@ -178,13 +182,14 @@ class Server:
     def __init__(self, repo: Path, max_sessions: int, threads: int, device: str, compile: bool = False,
                  process: bool = False) -> None:
         self.port = free_port()
+        self.log = tempfile.TemporaryFile("w+")  # the server's log: its "behind real time" lines are reported
         env = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": str(threads),
                "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--repo", str(repo), "--port",
                                       str(self.port), "--max-sessions", str(max_sessions), "--threads", str(threads),
                                       "--device", device, "--compile", "on" if compile else "off",
                                       "--model-process", "on" if process else "off"],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
 
     def wait_ready(self) -> None:
         line = self.proc.stdout.readline()
@@ -201,6 +206,9 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.seek(0)
+        self.behind = [line.strip() for line in self.log if "behind real time" in line or "bench:" in line]
+        self.log.close()
 
 
 def recording(seconds: float, seed: int) -> np.ndarray:
@@ -264,6 +272,7 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
         # whether or not this run kept up (a run that fell behind stepped less than it should have)
         "cpu_cores_per_realtime_conversation": round(cpu / (sum(st["steps"] for st in stats) * 0.08), 3),
         "cpu_s": round(cpu, 2),
+        "behind_log": [line for s in servers for line in s.behind][:4],  # the servers' own "behind" warnings
         "frames_received": [r.frames_received for r in recs], "frames_sent": [r.frames_sent for r in recs],
     }
 
