@@ -89,6 +89,7 @@ def worker(args: argparse.Namespace) -> None:
     models = load_models(resolve_model_files(args.repo), args.device)
     latencies: dict[int, list[float]] = collections.defaultdict(list)
     step_s: list[float] = []  # the measured window's step times (the model's compute of one frame for all rows)
+    events: list[tuple] = []  # the measured window's timeline: ("step" | "apply", start s, ms, joins, leaves)
     convs: dict[int, object] = {}  # conversations measured (opened after the last reset)
     first_id = [0]
 
@@ -112,6 +113,12 @@ def worker(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             super()._step(frames)
             step_s.append(time.perf_counter() - start)
+            events.append(("step", start, (time.perf_counter() - start) * 1000, 0, 0))
+
+        def _apply(self, joining, leaving) -> None:
+            start = time.perf_counter()
+            super()._apply(joining, leaving)
+            events.append(("apply", start, (time.perf_counter() - start) * 1000, len(joining), len(leaving)))
 
         def _post(self, fn, *args) -> None:
             if fn is engine_mod.deliver:
@@ -150,12 +157,14 @@ def worker(args: argparse.Namespace) -> None:
             "cpu_s": cpu_s(), "latency_s": {str(k): v for k, v in latencies.items()},
             "dropped_in": sum(c.dropped_in for c in convs.values()),
             "silence_fills": sum(c.silence_fills for c in convs.values()),
-            "steps": sum(c.steps for c in convs.values()), "step_s": step_s})
+            "steps": sum(c.steps for c in convs.values()), "step_s": step_s,
+            "stalls": stalls(events, engine.period)})
 
     async def reset(_request):
         logging.getLogger("openmoshi.server").warning("bench: measuring from here (behind real time before: warm-up)")
         latencies.clear()
         step_s.clear()
+        events.clear()
         convs.clear()
         first_id[0] = engine.opened + 1  # conversation ids count from 1 in opening order
         return web.json_response({"cpu_s": cpu_s()})
@@ -163,6 +172,20 @@ def worker(args: argparse.Namespace) -> None:
     app.router.add_get("/bench/stats", stats)
     app.router.add_post("/bench/reset", reset)
     asyncio.run(serve_forever(app, "127.0.0.1", args.port, None, lambda port: print("READY", port, flush=True)))
+
+
+def stalls(events: list[tuple], period: float) -> list[str]:
+    """Where the steps slipped more than one period (the engine's "late"): the steps and joins/leaves of the
+    half second before each such step, as text (ms relative to that step's start)."""
+    out = []
+    starts = [e[1] for e in events if e[0] == "step"]
+    for prev, cur in zip(starts, starts[1:], strict=False):
+        if cur - prev > 2 * period:
+            before = [f"{e[0]} {1000 * (e[1] - cur):+.0f} ms: {e[2]:.1f} ms" + (f" ({e[3]} joins, {e[4]} leaves)"
+                                                                              if e[0] == "apply" else "")
+                      for e in events if cur - 0.5 <= e[1] <= cur and (e[0] == "step" or e[3] or e[4])]
+            out.append("; ".join(before))
+    return out[:3]
 
 
 # ---- parent: servers, clients, report ------------------------------------------------------------------------
@@ -273,6 +296,7 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
         "cpu_cores_per_realtime_conversation": round(cpu / (sum(st["steps"] for st in stats) * 0.08), 3),
         "cpu_s": round(cpu, 2),
         "behind_log": [line for s in servers for line in s.behind][:4],  # the servers' own "behind" warnings
+        "stalls": [x for st in stats for x in st["stalls"]],
         "frames_received": [r.frames_received for r in recs], "frames_sent": [r.frames_sent for r in recs],
     }
 
