@@ -14,9 +14,10 @@ How:
 - per step, data goes through shared-memory tensors allocated once (user audio in [B, 1, F], Moshi's audio out
   [B, 1, F], text [B], audio codes [B, dep_q], user codes [B, n_user], the prime's text and audio); the pipe
   carries only a small command and an acknowledgement: one round trip per step;
-- the child pins its torch threads (`threads`), compiles at start when asked, and ignores SIGINT (Ctrl-C in a
-  terminal reaches the whole process group: the parent shuts it down instead, cleanly). It exits on `close()`
-  and when the parent's end of the pipe closes (the parent died).
+- the child pins its torch threads (`threads`), compiles at start when asked, and ignores SIGINT and SIGTERM
+  (Ctrl-C in a terminal, or a supervisor, signals the whole process group: the parent drains and shuts it down
+  instead). It exits on `close()` and when the parent's end of the pipe closes (the parent died); `close()`
+  kills it (SIGKILL) if it does not exit in time.
 
 Errors: an exception in the child (e.g. a row out of range) is raised again in the parent, the same type with
 the child's traceback as a note; the session stays usable (as an in-process session would). A child that dies
@@ -83,7 +84,10 @@ def _child(conn: Connection, mimi, lm, bufs: _Buffers, options: dict[str, Any], 
     """The child's main loop: build the session, then serve commands until "close" or the parent goes."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent closes us
+    # Ctrl-C (SIGINT) and a supervisor's SIGTERM reach the whole process group: the parent decides (it drains,
+    # then closes us); a parent that died shows as the pipe's end of file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if threads is not None:
         torch.set_num_threads(threads)
         try:
@@ -313,12 +317,9 @@ class ProcessSession:
 
 
 def _kill(proc, conn: Connection | None) -> None:
-    """End the child for good: terminate, then kill; reap it (no zombie)."""
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(3.0)
+    """End the child for good (SIGKILL: it ignores SIGTERM) and reap it (no zombie)."""
     if proc.is_alive():
         proc.kill()
-        proc.join(3.0)
+        proc.join(5.0)
     if conn is not None:
         conn.close()
