@@ -260,6 +260,9 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
         for s in servers:
             s.wait_ready()
         asyncio.run(converse_all([f"ws://127.0.0.1:{s.port}/api/chat" for s in servers], 1.0))  # warm-up
+        deadline = time.monotonic() + 30  # its row free again before N new conversations arrive
+        while any(http(s.base + "/api/status")["sessions_in_use"] for s in servers) and time.monotonic() < deadline:
+            time.sleep(0.05)
         before = [http(s.base + "/bench/reset", "POST")["cpu_s"] for s in servers]
         late_before = [http(s.base + "/api/status")["late_steps"] for s in servers]
         urls = [f"ws://127.0.0.1:{servers[0 if mode == 'batched' else i].port}/api/chat" for i in range(n)]
