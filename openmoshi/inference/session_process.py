@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from .compiled import log_done, log_start
 from .generator import StepOutput
 from .sampling import SamplingConfig
 from .session import FrameOutput
@@ -179,8 +180,12 @@ class ProcessSession:
         self._proc.start()
         child_conn.close()  # ours is the parent's end only: the child's death then reads as EOF
         self._finalizer = weakref.finalize(self, _kill, self._proc, self._conn)
+        if compile:  # the child's own log lines go nowhere (its logging is not configured): said here
+            log_start(batch_size)
         with self._lock:
             self.compile_seconds: float | None = self._receive(start_timeout, "start")
+        if compile and self.compile_seconds is not None:
+            log_done(batch_size, self.compile_seconds)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     @property
