@@ -243,6 +243,11 @@ class Engine:
     def _run(self) -> None:
         next_tick = self.clock()
         behind = False
+        limit = self.config.joins_per_step or None
+        joined = 0  # conversations joined since the last step (at most `limit`)
+
+        def can_join() -> bool:  # a waiting conversation may join before this step (under the lock)
+            return bool(self._joining) and (limit is None or joined < limit)
         while True:
             with self._cond:
                 while not self._stopping and not (self._active or self._joining or self._leaving):
@@ -250,15 +255,18 @@ class Engine:
                     next_tick = self.clock()
                 if self._stopping:
                     break
-                joining, self._joining = self._joining, []
+                n = len(self._joining) if limit is None else max(0, limit - joined)
+                joining, self._joining = self._joining[:n], self._joining[n:]
                 leaving, self._leaving = self._leaving, []
                 self._applying = bool(joining or leaving)
             self._apply(joining, leaving)
+            joined += len(joining)
             del joining, leaving  # no reference to a closed conversation outlives its leave
             with self._cond:
                 self._applying = False
                 self._cond.notify_all()  # wait_settled
             if not self._active:
+                joined = 0  # nothing to step: the next joins go now
                 continue
             # pace: wait for this step's slot (a join or a stop wakes the wait, not a step)
             with self._cond:
@@ -268,11 +276,11 @@ class Engine:
                     break
                 if self.config.wait_for_input > 0:
                     deadline = self.clock() + self.config.wait_for_input
-                    while (not self._stopping and not self._leaving and not self._joining
+                    while (not self._stopping and not self._leaving and not can_join()
                            and any(not c.inbox for c in self._active.values())
                            and (left := deadline - self.clock()) > 0):
                         self._cond.wait(left)
-                if self._joining or self._leaving:
+                if self._leaving or can_join():
                     continue  # apply them first: a closed conversation is not stepped again, a new one starts now
                 frames = {row: (c.inbox.popleft() if c.inbox else None) for row, c in self._active.items()}
             late = self.clock() - next_tick
@@ -288,6 +296,7 @@ class Engine:
                 log.info("the server is back to real time")
             next_tick += self.period
             try:
+                joined = 0
                 self._step(frames)
             except Exception as err:  # a server bug or device failure, not a client's input: end every conversation
                 log.exception("model step failed; ending the %d active conversations", len(self._active))
