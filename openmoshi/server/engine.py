@@ -252,15 +252,17 @@ class Engine:
             with self._cond:
                 while not self._stopping and not (self._active or self._joining or self._leaving):
                     self._cond.wait()
-                    next_tick = self.clock()
                 if self._stopping:
                     break
                 n = len(self._joining) if limit is None else max(0, limit - joined)
                 joining, self._joining = self._joining[:n], self._joining[n:]
                 leaving, self._leaving = self._leaving, []
                 self._applying = bool(joining or leaving)
+            was_idle = not self._active
             self._apply(joining, leaving)
             joined += len(joining)
+            if was_idle:
+                next_tick = self.clock()  # the schedule starts with the first step, after its join
             del joining, leaving  # no reference to a closed conversation outlives its leave
             with self._cond:
                 self._applying = False
