@@ -24,12 +24,17 @@ the child's traceback as a note; the session stays usable (as an in-process sess
 or does not answer within `timeout` seconds raises `ModelProcessError`, and the proxy is closed (the child
 killed): a dead child is an error, never a hang.
 
+A script that uses it needs the `if __name__ == "__main__":` guard (the spawned child imports the main module).
+A session left open when the interpreter exits is killed at exit.
+
 Outputs are the caller's own tensors (copied out of the shared buffers: ~30 KB at batch 4), so they stay valid
 after the next step. `get_state` / `set_state` are not proxied.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import pickle
 import threading
 import time
@@ -180,6 +185,11 @@ class ProcessSession:
         self._proc.start()
         child_conn.close()  # ours is the parent's end only: the child's death then reads as EOF
         self._finalizer = weakref.finalize(self, _kill, self._proc, self._conn)
+        self._finalizer.atexit = False  # at exit: `_at_exit`, registered after multiprocessing's own exit hook
+        # (atexit runs last-registered first): multiprocessing's hook SIGTERMs daemonic children, which this one
+        # ignores, then joins them, which would hang an interpreter that exits with the session still open
+        self._at_exit = functools.partial(_kill, self._proc, None)
+        atexit.register(self._at_exit)
         if compile:  # the child's own log lines go nowhere (its logging is not configured): said here
             log_start(batch_size)
         with self._lock:
@@ -213,6 +223,7 @@ class ProcessSession:
         finally:
             _kill(self._proc, self._conn if got else None)
             self._finalizer.detach()
+            atexit.unregister(self._at_exit)
             if got:
                 self._lock.release()
 
@@ -304,6 +315,8 @@ class ProcessSession:
         if what == "start":  # nothing to keep alive: the child has returned
             self._closed = True
             _kill(self._proc, self._conn)
+            self._finalizer.detach()
+            atexit.unregister(self._at_exit)
             raise ModelProcessError(f"the model process could not start: {summary}\n{trace}")
         err = pickle.loads(data) if data is not None else ModelProcessError(summary)
         err.add_note(f"raised in the model process:\n{trace}")
@@ -318,6 +331,7 @@ class ProcessSession:
         self._closed = True
         _kill(self._proc, self._conn)
         self._finalizer.detach()
+        atexit.unregister(self._at_exit)
         raise ModelProcessError(message)
 
 

@@ -116,3 +116,30 @@ def process_exists(pid: int) -> bool:
             return True if f.read() else False
     except FileNotFoundError:
         return False
+
+
+def test_an_interpreter_exiting_with_a_session_open_does_not_hang(tmp_path):
+    """The child ignores SIGTERM (the parent drains first), so multiprocessing's own exit hook could not stop it:
+    the session's exit hook kills it. The script exits promptly and leaves no child."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "open_session.py"
+    script.write_text(
+        "import torch\n"
+        "from openmoshi.inference.models import load_models, resolve_model_files\n"
+        "from openmoshi.inference.session_process import ProcessSession\n"
+        "from openmoshi.testing.server_model import build_server_repo\n"
+        "if __name__ == '__main__':\n"
+        "    torch.set_num_threads(1)\n"
+        f"    m = load_models(resolve_model_files(str(build_server_repo({str(tmp_path / 'model')!r}))), 'cpu')\n"
+        "    s = ProcessSession(m.mimi, m.lm, 1, threads=1)\n"
+        "    s.step(None)\n"
+        "    print(s.pid, flush=True)\n"  # exits without close()
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "NO_TORCH_COMPILE": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not process_exists(int(done.stdout.split()[-1]))
