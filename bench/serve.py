@@ -28,8 +28,12 @@ frame for all N conversations) took at most one frame (80 ms), no step started l
 dropped. (The frame latency above also holds the wait of a frame in its conversation's queue until the next
 step, up to one frame by design, so it is reported but not the criterion.)
 
+`--compile` and `--model-process` (each off, on or both) measure the server's step through torch.compile and in
+its own process (serve's flags of the same names); the CPU figures then include the model process's CPU.
+
 Run: nice -n 10 .venv/bin/python bench/serve.py [--sessions 1 2 4] [--seconds 4] [--threads 1] [--device cpu]
-     [--nano | --model FOLDER] [--modes batched separate] [--check-realtime] [--json FILE]
+     [--nano | --model FOLDER] [--modes batched separate] [--compile off|on|both] [--model-process off|on|both]
+     [--check-realtime] [--json FILE]
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ def worker(args: argparse.Namespace) -> None:
     from openmoshi.commands.common import apply_threads, configure_threading_env
 
     configure_threading_env()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")  # to the log read by `Server`
     from aiohttp import web
 
     from openmoshi.inference.models import load_models, resolve_model_files
@@ -82,6 +89,7 @@ def worker(args: argparse.Namespace) -> None:
     models = load_models(resolve_model_files(args.repo), args.device)
     latencies: dict[int, list[float]] = collections.defaultdict(list)
     step_s: list[float] = []  # the measured window's step times (the model's compute of one frame for all rows)
+    events: list[tuple] = []  # the measured window's timeline: ("step" | "apply", start s, ms, joins, leaves)
     convs: dict[int, object] = {}  # conversations measured (opened after the last reset)
     first_id = [0]
 
@@ -105,6 +113,12 @@ def worker(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             super()._step(frames)
             step_s.append(time.perf_counter() - start)
+            events.append(("step", start, (time.perf_counter() - start) * 1000, 0, 0))
+
+        def _apply(self, joining, leaving) -> None:
+            start = time.perf_counter()
+            super()._apply(joining, leaving)
+            events.append(("apply", start, (time.perf_counter() - start) * 1000, len(joining), len(leaving)))
 
         def _post(self, fn, *args) -> None:
             if fn is engine_mod.deliver:
@@ -121,27 +135,57 @@ def worker(args: argparse.Namespace) -> None:
             super()._post(fn, *args)
 
     config = ServerConfig(host="127.0.0.1", port=args.port, model_name="bench-small", handshake_timeout=60.0,
-                          engine=EngineConfig(max_sessions=args.max_sessions, seed=1, compile=args.compile == "on"))
+                          engine=EngineConfig(max_sessions=args.max_sessions, seed=1, compile=args.compile == "on",
+                                              model_process=args.model_process == "on"))
     engine = TimedEngine(models.mimi, models.lm, models.tokenizer, config.engine)
     app = build_app(models.mimi, models.lm, models.tokenizer, config, engine=engine)
 
+    def cpu_s() -> float:
+        """This process's CPU time plus its model process's (`--model-process`), from /proc."""
+        pid = getattr(engine.session, "pid", None)
+        child = 0.0
+        if pid is not None:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                child = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            except (OSError, IndexError, ValueError):
+                pass
+        return time.process_time() + child
+
     async def stats(_request):
         return web.json_response({
-            "cpu_s": time.process_time(), "latency_s": {str(k): v for k, v in latencies.items()},
+            "cpu_s": cpu_s(), "latency_s": {str(k): v for k, v in latencies.items()},
             "dropped_in": sum(c.dropped_in for c in convs.values()),
             "silence_fills": sum(c.silence_fills for c in convs.values()),
-            "steps": sum(c.steps for c in convs.values()), "step_s": step_s})
+            "steps": sum(c.steps for c in convs.values()), "step_s": step_s,
+            "stalls": stalls(events, engine.period)})
 
     async def reset(_request):
+        logging.getLogger("openmoshi.server").warning("bench: measuring from here (behind real time before: warm-up)")
         latencies.clear()
         step_s.clear()
+        events.clear()
         convs.clear()
         first_id[0] = engine.opened + 1  # conversation ids count from 1 in opening order
-        return web.json_response({"cpu_s": time.process_time()})
+        return web.json_response({"cpu_s": cpu_s()})
 
     app.router.add_get("/bench/stats", stats)
     app.router.add_post("/bench/reset", reset)
     asyncio.run(serve_forever(app, "127.0.0.1", args.port, None, lambda port: print("READY", port, flush=True)))
+
+
+def stalls(events: list[tuple], period: float) -> list[str]:
+    """Where the steps slipped more than one period (the engine's "late"): the steps and joins/leaves of the
+    half second before each such step, as text (ms relative to that step's start)."""
+    out = []
+    starts = [e[1] for e in events if e[0] == "step"]
+    for prev, cur in zip(starts, starts[1:], strict=False):
+        if cur - prev > 2 * period:
+            before = [f"{e[0]} {1000 * (e[1] - cur):+.0f} ms: {e[2]:.1f} ms" + (f" ({e[3]} joins, {e[4]} leaves)"
+                                                                              if e[0] == "apply" else "")
+                      for e in events if cur - 0.5 <= e[1] <= cur and (e[0] == "step" or e[3] or e[4])]
+            out.append("; ".join(before))
+    return out[:3]
 
 
 # ---- parent: servers, clients, report ------------------------------------------------------------------------
@@ -158,14 +202,17 @@ def http(url: str, method: str = "GET") -> dict:
 
 
 class Server:
-    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str, compile: bool = False) -> None:
+    def __init__(self, repo: Path, max_sessions: int, threads: int, device: str, compile: bool = False,
+                 process: bool = False) -> None:
         self.port = free_port()
+        self.log = tempfile.TemporaryFile("w+")  # the server's log: its "behind real time" lines are reported
         env = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": str(threads),
                "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--repo", str(repo), "--port",
                                       str(self.port), "--max-sessions", str(max_sessions), "--threads", str(threads),
-                                      "--device", device, "--compile", "on" if compile else "off"],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                      "--device", device, "--compile", "on" if compile else "off",
+                                      "--model-process", "on" if process else "off"],
+                                     env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
 
     def wait_ready(self) -> None:
         line = self.proc.stdout.readline()
@@ -182,6 +229,9 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.seek(0)
+        self.behind = [line.strip() for line in self.log if "behind real time" in line or "bench:" in line]
+        self.log.close()
 
 
 def recording(seconds: float, seed: int) -> np.ndarray:
@@ -202,13 +252,17 @@ async def converse_all(urls: list[str], seconds: float) -> list:
     return await asyncio.gather(*(one(i, u) for i, u in enumerate(urls)))
 
 
-def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str, compile: bool = False) -> dict:
-    servers = ([Server(repo, n, threads, device, compile)] if mode == "batched"
-               else [Server(repo, 1, threads, device, compile) for _ in range(n)])
+def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device: str, compile: bool = False,
+            process: bool = False) -> dict:
+    servers = ([Server(repo, n, threads, device, compile, process)] if mode == "batched"
+               else [Server(repo, 1, threads, device, compile, process) for _ in range(n)])
     try:
         for s in servers:
             s.wait_ready()
         asyncio.run(converse_all([f"ws://127.0.0.1:{s.port}/api/chat" for s in servers], 1.0))  # warm-up
+        deadline = time.monotonic() + 30  # its row free again before N new conversations arrive
+        while any(http(s.base + "/api/status")["sessions_in_use"] for s in servers) and time.monotonic() < deadline:
+            time.sleep(0.05)
         before = [http(s.base + "/bench/reset", "POST")["cpu_s"] for s in servers]
         late_before = [http(s.base + "/api/status")["late_steps"] for s in servers]
         urls = [f"ws://127.0.0.1:{servers[0 if mode == 'batched' else i].port}/api/chat" for i in range(n)]
@@ -225,7 +279,8 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
     pooled = np.concatenate(per_conv) if per_conv else np.zeros(0)
     steps_ms = np.asarray([t for st in stats for t in st["step_s"]]) * 1000
     return {
-        "sessions": n, "mode": mode + (" compiled" if compile else ""), "processes": len(servers),
+        "sessions": n, "mode": mode + (" compiled" if compile else "") + (" model-process" if process else ""),
+        "processes": len(servers),
         "conversations": len(per_conv),
         "frames": int(pooled.size), "wall_s": round(wall, 2),
         "latency_ms": {"median": round(float(np.median(pooled)), 1), "p99": round(float(np.percentile(pooled, 99)), 1)},
@@ -243,6 +298,8 @@ def measure(repo: Path, n: int, mode: str, seconds: float, threads: int, device:
         # whether or not this run kept up (a run that fell behind stepped less than it should have)
         "cpu_cores_per_realtime_conversation": round(cpu / (sum(st["steps"] for st in stats) * 0.08), 3),
         "cpu_s": round(cpu, 2),
+        "behind_log": [line for s in servers for line in s.behind][:4],  # the servers' own "behind" warnings
+        "stalls": [x for st in stats for x in st["stalls"]],
         "frames_received": [r.frames_received for r in recs], "frames_sent": [r.frames_sent for r in recs],
     }
 
@@ -268,7 +325,8 @@ def markdown(rows: list[dict]) -> str:
            "conversation (cores) |",
            "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        server = "1 batched process" if r["mode"] == "batched" else f"{r['processes']} processes"
+        server = (f"1 batched process{r['mode'][len('batched'):]}" if r["mode"].startswith("batched")
+                  else f"{r['processes']} processes{r['mode'][len('separate'):]}")
         steps = f"{r['step_ms']['median']:.0f} / {r['step_ms']['p99']:.0f} / {r['step_ms']['max']:.0f}"
         out.append(f"| {r['sessions']} | {server} | {r['threads']} | {r['latency_ms']['median']:.0f} / "
                    f"{r['latency_ms']['p99']:.0f} | {r['worst_conversation_p99_ms']:.0f} | {r['late_steps']} | "
@@ -295,6 +353,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
                         help="the servers' step through torch.compile (serve --compile): off, on, or both (each "
                              "measurement eager then compiled; the compilation happens before the measurement)")
+    parser.add_argument("--model-process", choices=["off", "on", "both"], default="off",
+                        help="the servers' model step in its own process (serve --model-process): off, on, or both "
+                             "(each measurement in the server's thread then in a model process)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -308,12 +369,14 @@ def main() -> None:
     if args.model is not None and not Path(args.model, "config.json").is_file():
         parser.error(f"--model {args.model}: not a model folder (no config.json)")
     rows = []
+    choices = {"off": [False], "on": [True], "both": [False, True]}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(args.model).resolve() if args.model else build_repo(Path(tmp) / "model", nano=args.nano)
         for threads, n in ((t, n) for t in args.threads for n in args.sessions):
             for mode in [m for m in args.modes if n > 1 or m == "batched"]:
-                for compile in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
-                    row = {"threads": threads, **measure(repo, n, mode, args.seconds, threads, args.device, compile)}
+                for compile, process in ((c, p) for c in choices[args.compile] for p in choices[args.model_process]):
+                    row = {"threads": threads, **measure(repo, n, mode, args.seconds, threads, args.device, compile,
+                                                         process)}
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     rows.append(row)
     print(markdown(rows))

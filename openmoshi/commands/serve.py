@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     srv.add_argument("--compile", action="store_true",
                      help="run the step through torch.compile (same results, faster on CPU; compiles at start: "
                           "minutes the first time, then cached on disk; see docs/runtime.md)")
+    srv.add_argument("--model-process", action=argparse.BooleanOptionalAction, default=None,
+                     help="run the model step in its own process, apart from the GIL of the server's event loop "
+                          "(Opus, websockets), which then overlaps the step on another core (default: on when the "
+                          "model is on the CPU, off on an accelerator; see docs/server.md)")
     srv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                      help="logging level (default info: one line per connection opened and closed)")
     add_sampling_arguments(parser)
@@ -121,6 +125,13 @@ def main(args: argparse.Namespace) -> int:
     return run(args, models, token, ctx, threads, Path(args.static) if args.static else None)
 
 
+def model_process_default(device: str) -> bool:
+    """`--model-process` unless told: on for a CPU model (the step and the event loop then use both cores instead
+    of taking turns on the GIL: docs/nanomoshi_realtime.md), off on an accelerator (the step there is mostly
+    waiting on the device, which releases the GIL; a second process would only add a round trip)."""
+    return device.startswith("cpu")
+
+
 def run(args: argparse.Namespace, models, token: str | None, ctx, threads: int, static) -> int:
     import asyncio
 
@@ -140,8 +151,10 @@ def run(args: argparse.Namespace, models, token: str | None, ctx, threads: int, 
         sessions = args.max_sessions
         log.info("max sessions: %d (--max-sessions)", sessions)
     text_cfg, audio_cfg = sampling_configs(args, models.files.repo_config.lm_gen_config)
+    process = model_process_default(str(models.device)) if args.model_process is None else args.model_process
     engine = EngineConfig(max_sessions=sessions, step_period=None if args.step_ms is None else args.step_ms / 1000,
-                          text_sampling=text_cfg, audio_sampling=audio_cfg, seed=args.seed, compile=args.compile)
+                          text_sampling=text_cfg, audio_sampling=audio_cfg, seed=args.seed, compile=args.compile,
+                          model_process=process)
     config = ServerConfig(host=args.host, port=args.port, token=token, model_name=models.files.source,
                           static_dir=static, engine=engine)
     app = build_app(models.mimi, models.lm, models.tokenizer, config)

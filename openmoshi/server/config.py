@@ -42,6 +42,10 @@ class EngineConfig:
     seed: int | None = None
     step_history: int = 2000  # steps kept for the step-time percentiles of /api/status
     compile: bool = False  # the step through torch.compile (DuplexSession(compile=True)), compiled at start
+    model_process: bool = False  # the step in a child process (inference/session_process.py), apart from the GIL
+    # at most this many conversations join between two steps (0: all waiting): a join runs the conversation's first
+    # generator step (tens of ms on a CPU), so several at once would push the next step past its slot
+    joins_per_step: int = 1
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -50,6 +54,8 @@ class EngineConfig:
             raise ValueError(f"step_period must be >= 0 (or None for real time), got {self.step_period}")
         if self.max_input_backlog < 1 or self.max_output_frames < 1:
             raise ValueError("max_input_backlog and max_output_frames must be >= 1")
+        if self.joins_per_step < 0:
+            raise ValueError(f"joins_per_step must be >= 0 (0: no limit), got {self.joins_per_step}")
         if self.wait_for_input < 0:
             raise ValueError(f"wait_for_input must be >= 0, got {self.wait_for_input}")
 

@@ -82,16 +82,27 @@ class Engine:
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        from ..inference.session import DuplexSession
-
         if self._thread is not None:
             raise RuntimeError("engine already started")
         self._loop = loop
-        self.session = DuplexSession(self.mimi, self.lm, self.config.max_sessions, text_sampling=self.text_sampling,
-                                     audio_sampling=self.audio_sampling, start_all=False,
-                                     compile=self.config.compile)  # compiling logs its time
+        self.session = self._new_session()
         self._thread = threading.Thread(target=self._run, name="openmoshi-engine", daemon=True)
         self._thread.start()
+
+    def _new_session(self):
+        """The batch's session: a DuplexSession on this process's thread, or in a child process
+        (`config.model_process`, inference/session_process.py: the step out of the event loop's GIL)."""
+        kwargs = dict(text_sampling=self.text_sampling, audio_sampling=self.audio_sampling, start_all=False,
+                      compile=self.config.compile)  # compiling logs its time
+        if self.config.model_process:
+            from ..inference.session_process import ProcessSession
+
+            session = ProcessSession(self.mimi, self.lm, self.config.max_sessions, **kwargs)
+            log.info("model step in its own process (pid %s)", session.pid)
+            return session
+        from ..inference.session import DuplexSession
+
+        return DuplexSession(self.mimi, self.lm, self.config.max_sessions, **kwargs)
 
     def stop(self, timeout: float = 30.0) -> None:
         """End the worker (after its current step) and release the models' streaming state."""
@@ -232,22 +243,32 @@ class Engine:
     def _run(self) -> None:
         next_tick = self.clock()
         behind = False
+        limit = self.config.joins_per_step or None
+        joined = 0  # conversations joined since the last step (at most `limit`)
+
+        def can_join() -> bool:  # a waiting conversation may join before this step (under the lock)
+            return bool(self._joining) and (limit is None or joined < limit)
         while True:
             with self._cond:
                 while not self._stopping and not (self._active or self._joining or self._leaving):
                     self._cond.wait()
-                    next_tick = self.clock()
                 if self._stopping:
                     break
-                joining, self._joining = self._joining, []
+                n = len(self._joining) if limit is None else max(0, limit - joined)
+                joining, self._joining = self._joining[:n], self._joining[n:]
                 leaving, self._leaving = self._leaving, []
                 self._applying = bool(joining or leaving)
+            was_idle = not self._active
             self._apply(joining, leaving)
+            joined += len(joining)
+            if was_idle:
+                next_tick = self.clock()  # the schedule starts with the first step, after its join
             del joining, leaving  # no reference to a closed conversation outlives its leave
             with self._cond:
                 self._applying = False
                 self._cond.notify_all()  # wait_settled
             if not self._active:
+                joined = 0  # nothing to step: the next joins go now
                 continue
             # pace: wait for this step's slot (a join or a stop wakes the wait, not a step)
             with self._cond:
@@ -257,11 +278,11 @@ class Engine:
                     break
                 if self.config.wait_for_input > 0:
                     deadline = self.clock() + self.config.wait_for_input
-                    while (not self._stopping and not self._leaving and not self._joining
+                    while (not self._stopping and not self._leaving and not can_join()
                            and any(not c.inbox for c in self._active.values())
                            and (left := deadline - self.clock()) > 0):
                         self._cond.wait(left)
-                if self._joining or self._leaving:
+                if self._leaving or can_join():
                     continue  # apply them first: a closed conversation is not stepped again, a new one starts now
                 frames = {row: (c.inbox.popleft() if c.inbox else None) for row, c in self._active.items()}
             late = self.clock() - next_tick
@@ -277,10 +298,13 @@ class Engine:
                 log.info("the server is back to real time")
             next_tick += self.period
             try:
+                joined = 0
                 self._step(frames)
             except Exception as err:  # a server bug or device failure, not a client's input: end every conversation
                 log.exception("model step failed; ending the %d active conversations", len(self._active))
                 self._fail_all(f"server error: {type(err).__name__}: {err}")
+                if not self._restart_if_dead():
+                    break
         self._fail_all("the server is shutting down")
         with self._cond:
             pending, self._joining = self._joining + self._leaving, []
@@ -291,11 +315,32 @@ class Engine:
                 self._release(conv)
                 self._post(wake, conv)
 
+    def _restart_if_dead(self) -> bool:
+        """After a failed step: a model process that died (or hung and was stopped) is started again, so the
+        server goes on with new conversations. False when that fails too (the engine then stops: health 503)."""
+        if not self.config.model_process or getattr(self.session, "alive", True):
+            return True
+        log.error("the model process is gone; ending its conversations and starting a new one")
+        self._fail_all("server error: the model process stopped")
+        try:
+            self.session.close()
+            self.session = self._new_session()
+        except Exception:
+            log.exception("could not restart the model process; the engine stops")
+            with self._cond:
+                self._stopping = True
+            return False
+        return True
+
     def _apply(self, joining: list[Conversation], leaving: list[Conversation]) -> None:
         for conv in leaving:
             if self._active.get(conv.row) is conv:
-                self.session.leave(conv.row)
-                del self._active[conv.row]
+                try:
+                    self.session.leave(conv.row)
+                except Exception:  # the model process died: the row is free anyway in the new one
+                    log.exception("could not end conversation %d in the model", conv.id)
+                    self._restart_if_dead()
+                self._active.pop(conv.row, None)
             with self._cond:
                 self._release(conv)
         for conv in joining:
@@ -304,6 +349,7 @@ class Engine:
                                   seed=conv.seed, audio_seed=conv.audio_seed)
             except Exception as err:
                 log.exception("could not start conversation %d", conv.id)
+                self._restart_if_dead()
                 conv.end_reason = f"server error: {type(err).__name__}: {err}"
                 with self._cond:
                     conv._closing = True

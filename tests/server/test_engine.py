@@ -206,3 +206,38 @@ def test_push_audio_any_chunking(server_models):
 
     frames, audio = asyncio.run(run())
     assert len(frames) == 3 and np.array_equal(np.concatenate(frames), audio)
+
+
+@pytest.mark.parametrize("limit, most", [(1, 1), (0, 3)])
+def test_joins_are_spread_over_steps(server_models, limit, most):
+    """Conversations arriving together join one per step by default (a join runs a generator step: several at
+    once would delay the step); joins_per_step=0 lets them all join at once."""
+    events: list[int] = []  # joins applied between two steps, one entry per step
+
+    class Counting(Engine):
+        def _apply(self, joining, leaving) -> None:
+            if joining:
+                events[-1] += len(joining)
+            super()._apply(joining, leaving)
+
+        def _step(self, frames) -> None:
+            events.append(0)
+            super()._step(frames)
+
+    events.append(0)
+    engine = Counting(server_models.mimi, server_models.lm, server_models.tokenizer,
+                      EngineConfig(max_sessions=3, step_period=0.0, joins_per_step=limit))
+
+    async def run():
+        convs = [engine.open(str(i), SessionParams()) for i in range(3)]  # all waiting before the worker starts
+        engine.start(asyncio.get_running_loop())
+        try:
+            await asyncio.gather(*(c.ready for c in convs))
+            await _wait(lambda: all(c.steps >= 2 for c in convs))
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+
+    asyncio.run(run())
+    assert sum(events) == 3 and max(events) == most
+    with pytest.raises(ValueError, match="joins_per_step must be >= 0"):
+        EngineConfig(joins_per_step=-1)

@@ -72,6 +72,7 @@ def test_a_real_server_over_https_with_a_token(server_repo, tmp_path):
         assert ready.wait(120), "".join(lines)
         log = "".join(lines)
         port = int(re.search(r"web page https://localhost:(\d+)/", log).group(1))
+        model_pid = int(re.search(r"model step in its own process \(pid (\d+)\)", log).group(1))  # the CPU default
         assert re.search(r"max sessions: \d+ \(what fits: a step takes", log)
         assert "token required" in log and "self-signed certificate" in log
         (cert,) = (tmp_path / "cache" / "openmoshi" / "tls").glob("*.crt")
@@ -115,6 +116,7 @@ def test_a_real_server_over_https_with_a_token(server_repo, tmp_path):
         assert re.search(r"conversation 1 from 127\.0\.0\.1 closed after [\d.]+ s: the client closed", log)
         assert "refused: missing or wrong token" in log and "SIGTERM: draining (1 conversations open" in log
         assert "drained" in log and "Traceback" not in log
+        assert not os.path.exists(f"/proc/{model_pid}"), "the model process ended with the server"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -133,3 +135,40 @@ def test_port_in_use_is_a_clean_error(server_repo, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert f"error: cannot listen on 127.0.0.1:{port}" in err and "address already in use" in err
+
+
+def test_model_process_flag():
+    import argparse
+
+    from openmoshi.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    assert parser.parse_args([]).model_process is None  # decided by the device
+    assert parser.parse_args(["--model-process"]).model_process is True
+    assert parser.parse_args(["--no-model-process"]).model_process is False
+    assert serve.model_process_default("cpu") and not serve.model_process_default("cuda:0")
+
+
+def test_ctrl_c_stops_the_server_and_its_model_process(server_repo):
+    env = {**os.environ, "NO_TORCH_COMPILE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "openmoshi.cli", "serve", "--model", str(server_repo),
+                             "--port", "0", "--max-sessions", "1", "--threads", "1", "--model-process"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "openmoshi serve:" in line:
+                break
+        log = "".join(lines)
+        model_pid = int(re.search(r"model step in its own process \(pid (\d+)\)", log).group(1))
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
+        assert proc.wait(60) == 0
+        log += proc.stderr.read()
+        assert "stopped" in log and "Traceback" not in log, log
+        assert not os.path.exists(f"/proc/{model_pid}"), "no model process left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
