@@ -69,10 +69,14 @@ class MelLossConfig:
     n_ffts: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     n_mels: int = 64  # at most n_fft // 4 per scale (small windows cannot resolve more bands)
     floor: float = 1e-5  # log(max(mel, floor)): silence does not dominate the loss
+    # + linear x mean |mel(x) - mel(y)| / mean mel(y) per scale: the loud parts (speech's formants and harmonics)
+    # weigh as their magnitude, where the log term weighs every band alike, empty ones too. 0: off.
+    linear: float = 0.0
 
 
 class MultiScaleMelLoss(nn.Module):
-    """mean over scales of mean |log mel(x) - log mel(y)| (x the reconstruction, y the target), 0 iff equal mels.
+    """mean over scales of mean |log mel(x) - log mel(y)| (x the reconstruction, y the target), 0 iff equal mels;
+    with `cfg.linear`, plus that weight times the L1 of the magnitudes relative to the target's mean magnitude.
 
     Why: the log mel weighs the bands as hearing does, and several window sizes trade time for frequency
     resolution, so neither transients nor pitch are blurred. It is the loss that gets a codec working early.
@@ -89,8 +93,10 @@ class MultiScaleMelLoss(nn.Module):
             raise ValueError(f"mel loss: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
         total = x.new_zeros((), dtype=torch.float32)
         for mel in self.scales:
-            mx, my = mel(x).clamp_min(self.cfg.floor).log(), mel(y).clamp_min(self.cfg.floor).log()
-            total = total + (mx - my).abs().mean()
+            ax, ay = mel(x), mel(y)
+            total = total + (ax.clamp_min(self.cfg.floor).log() - ay.clamp_min(self.cfg.floor).log()).abs().mean()
+            if self.cfg.linear > 0:
+                total = total + self.cfg.linear * (ax - ay).abs().mean() / ay.mean().clamp_min(self.cfg.floor)
         return total / len(self.scales)
 
 

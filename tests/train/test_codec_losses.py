@@ -9,6 +9,7 @@ import torch
 
 from openmoshi.train.balancer import Balancer
 from openmoshi.train.codec_losses import (
+    MelLossConfig,
     MultiScaleMelLoss,
     SemanticDistillation,
     codebook_perplexity,
@@ -62,6 +63,23 @@ def test_mel_loss_zero_for_identical_signals_and_positive_otherwise() -> None:
         float(0.5 * x.abs().mean()))
     with pytest.raises(ValueError, match="shapes differ"):
         mel(x, x[..., :-1])
+
+
+def test_mel_loss_floor_and_linear_term() -> None:
+    """A raised floor ignores errors in bands the target leaves empty (high-frequency hiss under band-limited
+    speech), which the default floor counts in full; the linear term weighs an error as its magnitude."""
+    t = torch.arange(9600) / 24_000
+    speech = (0.3 * torch.sin(2 * math.pi * 300 * t))[None, None]
+    hiss = speech + 3e-4 * torch.sin(2 * math.pi * 9000 * t)[None, None]  # faint, where the target is empty
+    loud = speech * 1.5  # a loud error, where the target is
+    low, high = MultiScaleMelLoss(24_000), MultiScaleMelLoss(24_000, MelLossConfig(floor=1e-2))
+    assert float(low(hiss, speech)) > float(high(hiss, speech)) * 5  # the default floor: the hiss counts
+    assert float(high(hiss, speech)) < 0.05
+    lin = MultiScaleMelLoss(24_000, MelLossConfig(floor=1e-2, linear=1.0))
+    assert float(lin(speech, speech)) == 0.0
+    extra = float(lin(loud, speech)) - float(high(loud, speech))  # the linear term alone: ~0.5 relative error
+    assert 0.3 < extra < 0.7
+    assert float(lin(hiss, speech)) - float(high(hiss, speech)) < 0.01  # faint errors stay faint
 
 
 def test_mel_filterbank_covers_every_band() -> None:
