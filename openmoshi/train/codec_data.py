@@ -4,7 +4,8 @@ Source: a folder of audio files (recursively) or a JSONL manifest (`{"path": ...
 paths relative to the manifest's folder; the shared dataset format). Each batch row is a crop of
 `segment_seconds` from a file drawn with probability proportional to its duration, at a uniformly random start
 (files shorter than a crop are zero-padded), channels mixed down, resampled (soxr), then:
-- loudness: the crop's RMS set to `loudness_dbfs` (None: off; near-silent crops are left as they are);
+- loudness: the crop's RMS set to `loudness_dbfs` (None: off; near-silent crops are left as they are), or with
+  `loudness_scope: file` the gain that sets the whole file's RMS (a pause in a conversation stays quiet);
 - augmentation: a random gain in `gain_db` (dB) and, with probability `noise_prob`, white noise at a random SNR
   in `noise_snr_db`; the result is scaled down if it would clip.
 
@@ -38,6 +39,9 @@ class CodecDataError(ValueError):
 class CodecDataConfig:
     segment_seconds: float = 12.0  # Mimi: 12 s windows
     loudness_dbfs: float | None = -24.0  # RMS level of each crop; None: as recorded
+    # "crop": each crop's own RMS is set (Mimi's recipe, for speech-dense audio); "file": the gain that sets the
+    # whole file's RMS, so a crop of a conversation's pause stays a pause instead of noise raised to speech level
+    loudness_scope: str = "crop"
     gain_db: tuple[float, float] = (0.0, 0.0)  # random gain range (after the normalisation)
     noise_prob: float = 0.0  # share of crops with added white noise
     noise_snr_db: tuple[float, float] = (20.0, 40.0)
@@ -45,6 +49,8 @@ class CodecDataConfig:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.segment_seconds) and self.segment_seconds > 0):
             raise ValueError(f"data.segment_seconds must be > 0, got {self.segment_seconds}")
+        if self.loudness_scope not in ("crop", "file"):
+            raise ValueError(f"data.loudness_scope must be 'crop' or 'file', got {self.loudness_scope!r}")
         if not 0 <= self.noise_prob <= 1:
             raise ValueError(f"data.noise_prob must be in [0, 1], got {self.noise_prob}")
         for name in ("gain_db", "noise_snr_db"):
@@ -109,6 +115,18 @@ class AudioCrops:
         self.weights = seconds / seconds.sum()
         self.length = int(round(cfg.segment_seconds * sample_rate))
         self.step = 0
+        self._file_rms: dict[int, float] = {}  # loudness_scope "file": each file's RMS (mixed down), when first read
+
+    def _rms_of_file(self, i: int) -> float:
+        import soundfile as sf
+
+        if i not in self._file_rms:
+            try:
+                data, _ = sf.read(str(self.files[i]), dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise CodecDataError(f"cannot read {self.files[i]} ({e})") from None
+            self._file_rms[i] = float(np.sqrt(np.mean(data.mean(axis=1).astype(np.float64) ** 2)))
+        return self._file_rms[i]
 
     def _crop(self, rng: np.random.Generator) -> np.ndarray:
         import soundfile as sf
@@ -126,11 +144,13 @@ class AudioCrops:
             raise CodecDataError(f"cannot read {self.files[i]} ({e})") from None
         audio = resample(data.mean(axis=1), rate, self.sample_rate)[:self.length]
         audio = np.pad(audio, (0, self.length - len(audio)))
-        return self._augment(audio, rng)
+        return self._augment(audio, rng, self._rms_of_file(i) if self.cfg.loudness_scope == "file" else None)
 
-    def _augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _augment(self, audio: np.ndarray, rng: np.random.Generator, rms: float | None = None) -> np.ndarray:
+        """Loudness (to `rms`, the file's, when given; else the crop's own), gain, noise, peak limit."""
         cfg = self.cfg
-        rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+        if rms is None:
+            rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
         if cfg.loudness_dbfs is not None and rms > 1e-4:
             audio = audio * (10 ** (cfg.loudness_dbfs / 20) / rms)
         audio = audio * 10 ** (rng.uniform(*cfg.gain_db) / 20)

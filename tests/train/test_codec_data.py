@@ -40,6 +40,29 @@ def test_crops_shapes_loudness_and_resume(tmp_path) -> None:
     assert not np.array_equal(halves[0].numpy(), halves[1].numpy())
 
 
+def test_file_loudness_keeps_a_pause_quiet(tmp_path) -> None:
+    """A conversation-like file: 1 s of speech-level signal, then 1 s of faint room noise. Per crop, a crop of the
+    pause is raised to speech level (noise at -20 dBFS); per file, every crop gets the file's one gain."""
+    rng = np.random.default_rng(0)
+    data = np.concatenate([0.1 * rng.standard_normal(24_000), 0.001 * rng.standard_normal(24_000)])
+    (tmp_path / "c").mkdir()
+    sf.write(tmp_path / "c" / "conv.wav", data.astype(np.float32), 24_000)
+    gain = 10 ** (-20 / 20) / float(np.sqrt(np.mean(data.astype(np.float32).astype(np.float64) ** 2)))
+
+    def crops(scope: str) -> np.ndarray:
+        cfg = CodecDataConfig(segment_seconds=0.25, loudness_dbfs=-20.0, loudness_scope=scope)
+        c = AudioCrops(tmp_path / "c", cfg, 24_000, batch_size=16, seed=1)
+        return c.next_batch()[:, 0].numpy().astype(np.float64)
+
+    per_crop, per_file = crops("crop"), crops("file")
+    quiet = np.sqrt((per_file ** 2).mean(-1)) < 0.02  # crops of the pause, per file
+    assert 0 < quiet.sum() < 16
+    assert np.allclose(np.sqrt((per_crop ** 2).mean(-1)), 0.1, rtol=1e-3)  # per crop: all at -20 dBFS
+    assert np.allclose(np.sqrt((per_file[quiet] ** 2).mean(-1)), 0.001 * gain, rtol=0.3)  # the pause stays quiet
+    with pytest.raises(ValueError, match="loudness_scope"):
+        CodecDataConfig(loudness_scope="track")
+
+
 def test_augmentation_gain_noise_and_no_clipping(tmp_path) -> None:
     _write(tmp_path, "x.wav", 1.0, 24_000)
     plain = AudioCrops(tmp_path, CodecDataConfig(segment_seconds=0.5, loudness_dbfs=None), 24_000, 2, seed=0)
