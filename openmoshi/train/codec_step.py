@@ -52,9 +52,12 @@ class CodecLossConfig:
     balancer_total_norm: float = 1.0
     balancer_ema_decay: float = 0.999
     unquantized_share: float = 0.5  # rows decoded from the unquantized latent (Mimi: 50%)
-    # Steps before the generator listens to the discriminator (which trains from step 0): an untrained
-    # discriminator's gradient is noise, and the balancer would give it its full share.
+    # Steps before the generator listens to the discriminator: an untrained discriminator's gradient is noise,
+    # and the balancer would give it its full share.
     adversarial_start: int = 0
+    # Steps before the discriminator trains at all (None: from step 0). On CPU the discriminator costs more than
+    # the small codec itself, so there is no point training it long before the generator listens.
+    discriminator_start: int | None = None
     grad_clip: float = 0.0  # max gradient norm of each optimiser's parameters; 0 = no clipping
     mel_scales: MelLossConfig = field(default_factory=MelLossConfig)
 
@@ -65,6 +68,9 @@ class CodecLossConfig:
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
         if self.adversarial_start < 0:
             raise ValueError(f"adversarial_start must be >= 0, got {self.adversarial_start}")
+        if self.discriminator_start is not None and not 0 <= self.discriminator_start <= self.adversarial_start:
+            raise ValueError(f"discriminator_start must be between 0 and adversarial_start "
+                             f"({self.adversarial_start}), got {self.discriminator_start}")
         if not 0 <= self.unquantized_share <= 1:
             raise ValueError(f"unquantized_share must be in [0, 1], got {self.unquantized_share}")
         if self.mel + self.l1 + self.adversarial + self.feature_matching <= 0:
@@ -151,7 +157,7 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
     of the generator's losses, as reported, not as balanced), `discriminator`, `perplexity` (mean over levels of
     the codes' perplexity in the batch), `dead_codes` (entries below the dead-code threshold, all levels).
     `step` (0-based; None: past any warm-up): before `cfg.adversarial_start` the generator ignores the
-    discriminator, which still trains."""
+    discriminator, which trains from `cfg.discriminator_start` (no discriminator work at all before it)."""
     mimi, wav = parts.mimi, batch.wav
     if wav.dim() != 3 or wav.shape[1] != 1:
         raise ValueError(f"batch.wav must be [B, 1, T], got {tuple(wav.shape)}")
@@ -199,7 +205,8 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
                                  + extra.detach())
     if cfg.grad_clip > 0:
         metrics["grad_norm"] = grad_norm
-    if disc is not None and optims.discriminator is not None:
+    trains = step is None or step >= (cfg.discriminator_start or 0)
+    if disc is not None and optims.discriminator is not None and trains:
         optims.discriminator.zero_grad(set_to_none=True)
         d_loss = hinge_discriminator_loss(disc(wav).logits, disc(recon.detach()).logits)
         d_loss.backward()

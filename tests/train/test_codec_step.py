@@ -130,3 +130,22 @@ def test_generator_ignores_the_discriminator_before_adversarial_start() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))  # disc trained
     late = codec_step(parts, optims, CodecBatch(wav), cfg, step=3)
     assert {"adversarial", "feature_matching"} <= set(late)
+
+
+def test_discriminator_waits_for_discriminator_start() -> None:
+    torch.manual_seed(3)
+    mimi = Mimi(MimiConfig.tiny())
+    disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig.tiny())
+    cfg = CodecLossConfig(adversarial_start=4, discriminator_start=2)
+    parts = codec_parts(mimi, cfg, disc, ema_decay=None)
+    optims = codec_optimizers(parts)
+    wav = torch.randn(2, 1, 480) * 0.1
+    before = [p.detach().clone() for p in disc.parameters()]
+    idle = codec_step(parts, optims, CodecBatch(wav), cfg, step=1)
+    assert "discriminator" not in idle and "adversarial" not in idle
+    assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))  # untouched
+    warm = codec_step(parts, optims, CodecBatch(wav), cfg, step=2)
+    assert "discriminator" in warm and "adversarial" not in warm
+    assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))
+    with pytest.raises(ValueError, match="discriminator_start"):
+        CodecLossConfig(adversarial_start=4, discriminator_start=5)
