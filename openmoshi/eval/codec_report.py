@@ -10,7 +10,6 @@ the corpus word error rate (all edits / all reference words). The reference text
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import codec_metrics as cm
+from .plots import figure_png
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 METRICS = ("mel_distance", "si_sdr", "pesq", "stoi")
@@ -162,12 +162,6 @@ def report_json(report: CodecReport) -> str:
     return json.dumps(_json_safe(asdict(report)), indent=2, ensure_ascii=False) + "\n"
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def plot_quality(report: CodecReport) -> bytes:
     """Each metric (and the WER when computed) against the bitrate, one panel each."""
     import matplotlib
@@ -190,9 +184,7 @@ def plot_quality(report: CodecReport) -> bytes:
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="y", useOffset=False)
     fig.suptitle(f"{report.model}: quality against bitrate ({len(report.clips)} clips)", fontsize=10, y=1.04)
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig, dpi=110)
 
 
 def plot_spectrograms(name: str, original: np.ndarray, reconstructions: dict[int, np.ndarray],
@@ -219,9 +211,7 @@ def plot_spectrograms(name: str, original: np.ndarray, reconstructions: dict[int
         ax.set_ylabel("mel band")
     np.atleast_1d(axes)[-1].set_xlabel("seconds")
     fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig, dpi=110)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

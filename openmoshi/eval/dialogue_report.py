@@ -7,7 +7,6 @@ Moshi's words from the text stream and from the audio, the talked-over lines, th
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from ..io_safety import write_bytes, write_text
 from .dialogue_eval import TARGETS, DialogueResults
+from .plots import figure_png
 
 OUTPUT_NAMES = ("report.md", "results.json", "accuracy_per_family.png", "delays.png")
 
@@ -128,12 +128,6 @@ def report_markdown(results: DialogueResults, examples: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def plot_accuracy(results: DialogueResults) -> bytes:
     import matplotlib
 
@@ -158,9 +152,7 @@ def plot_accuracy(results: DialogueResults) -> bytes:
     ax.set_ylabel("answered right (%)")
     ax.set_title(f"Accuracy per question family ({results.summary()['questions']} questions)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig)
 
 
 def plot_delays(results: DialogueResults) -> bytes:
@@ -186,9 +178,7 @@ def plot_delays(results: DialogueResults) -> bytes:
     ax.set_ylabel("replies")
     ax.set_title("Response delay")
     ax.legend(fontsize=8)
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return figure_png(fig)
 
 
 def write_report(results: DialogueResults, out: Path) -> None:
