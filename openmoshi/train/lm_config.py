@@ -181,11 +181,12 @@ def instruct() -> LMTrainConfig:
 
 
 # nanomoshi's LM (docs/nanomoshi.md): an RQ-Transformer of Moshi's structure (text + 8 + 8 codebooks, the depth
-# transformer generating Moshi's 8), 6 temporal layers of 256, a 2-layer depth transformer of 128, the nano
-# codec's 1024-entry codebooks and a 1024-piece tokenizer; 16 s crops. About 15 M parameters.
+# transformer generating Moshi's 8), 6 temporal layers of 256, a 1-layer depth transformer of 128, the nano
+# codec's 1024-entry codebooks and a 1024-piece tokenizer; 16 s crops. 13.5 M parameters. The depth transformer has
+# one layer, not two: 20% less training compute and a 4 ms cheaper step (compiled, batch 4), for real time.
 NANO_LM = dict(
     dim=256, num_layers=6, num_heads=4, hidden=704, context=250, n_q=16, dep_q=8, card=1024, text_card=1024,
-    delays=(0,) + (0, 1, 1, 1, 1, 1, 1, 1) * 2, depformer_dim=128, depformer_num_layers=2,
+    delays=(0,) + (0, 1, 1, 1, 1, 1, 1, 1) * 2, depformer_dim=128, depformer_num_layers=1,
     depformer_num_heads=4, depformer_hidden=352, text_padding_id=3, text_end_padding_id=0,
 )
 
