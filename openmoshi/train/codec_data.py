@@ -163,11 +163,17 @@ class AudioCrops:
             audio = audio * (0.99 / peak)
         return audio.astype(np.float32)
 
-    def next_batch(self) -> Tensor:
+    def batch_at(self, step: int) -> Tensor:
+        """This rank's rows [B, 1, T] of the global batch of `step`: a pure function of the step (the counter is
+        not touched), so a batch can be read ahead in another thread."""
         first = self.rank * self.batch_size
-        rows = [self._crop(np.random.default_rng([self.seed, self.step, first + i])) for i in range(self.batch_size)]
-        self.step += 1
+        rows = [self._crop(np.random.default_rng([self.seed, step, first + i])) for i in range(self.batch_size)]
         return torch.from_numpy(np.stack(rows))[:, None]
+
+    def next_batch(self) -> Tensor:
+        batch = self.batch_at(self.step)
+        self.step += 1
+        return batch
 
     def __iter__(self) -> Iterator[Tensor]:
         while True:

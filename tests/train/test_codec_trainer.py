@@ -98,3 +98,32 @@ def test_user_mistakes(tmp_path, capsys) -> None:
     (tmp_path / "busy" / "x").write_text("x")
     assert "not empty" in err("tiny", "--data", str(data), "--out", str(tmp_path / "busy"), "--steps", "1",
                               "--threads", "1", "--no-progress")
+
+
+def test_read_ahead_gives_the_batches_in_order_and_counts_only_the_consumed(tmp_path) -> None:
+    import pytest
+
+    from openmoshi.train.codec_data import AudioCrops, CodecDataConfig
+    from openmoshi.train.codec_trainer import _ReadAhead
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "a.wav", 0.05 * rng.standard_normal(24_000).astype(np.float32), 24_000)
+    cfg = CodecDataConfig(segment_seconds=0.1)
+    plain = AudioCrops(tmp_path, cfg, 24_000, batch_size=2, seed=5)
+    expected = [plain.next_batch() for _ in range(4)]
+
+    class Teacher:  # features that say which batch they came from
+        def features(self, wav):
+            return wav[:, ::100, None]
+
+    data = AudioCrops(tmp_path, cfg, 24_000, batch_size=2, seed=5)
+    ahead = _ReadAhead(data, Teacher(), start=1, stop=4)
+    try:
+        for step in (1, 2, 3):
+            wav, feats = ahead.take(step)
+            assert torch.equal(wav, expected[step]) and torch.equal(feats, expected[step][:, 0, ::100, None])
+            assert data.state_dict() == {"step": step + 1}  # the batch read ahead is not counted
+        with pytest.raises(RuntimeError, match="no batch"):
+            ahead.take(4)
+    finally:
+        ahead.close()
