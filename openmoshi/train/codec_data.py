@@ -13,7 +13,7 @@ Row i of the global batch at step s is drawn from its own generator seeded (seed
 its own rows of that global batch: the crops do not depend on the number of processes (a global batch split
 over ranks is the batch of one process), and `state_dict()` is the step count alone (a resumed run reads the
 same crops as an uninterrupted one). Only the crop is read from disk (soundfile seeks), so long files
-cost nothing extra.
+cost nothing extra; with `loudness_scope: file`, each file is also read whole once, for its RMS (then cached).
 """
 
 from __future__ import annotations
@@ -117,32 +117,29 @@ class AudioCrops:
         self.step = 0
         self._file_rms: dict[int, float] = {}  # loudness_scope "file": each file's RMS (mixed down), when first read
 
-    def _rms_of_file(self, i: int) -> float:
+    def _read(self, i: int, start: int = 0, frames: int = -1) -> np.ndarray:
+        """File i's samples [start, start + frames) mixed down to mono (frames -1: to the end)."""
         import soundfile as sf
 
+        try:
+            data, _ = sf.read(str(self.files[i]), start=start, frames=frames, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise CodecDataError(f"cannot read {self.files[i]} ({e})") from None
+        return data.mean(axis=1)
+
+    def _rms_of_file(self, i: int) -> float:
         if i not in self._file_rms:
-            try:
-                data, _ = sf.read(str(self.files[i]), dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as e:
-                raise CodecDataError(f"cannot read {self.files[i]} ({e})") from None
-            self._file_rms[i] = float(np.sqrt(np.mean(data.mean(axis=1).astype(np.float64) ** 2)))
+            self._file_rms[i] = float(np.sqrt(np.mean(self._read(i).astype(np.float64) ** 2)))
         return self._file_rms[i]
 
     def _crop(self, rng: np.random.Generator) -> np.ndarray:
-        import soundfile as sf
-
         from ..audio import resample
 
         i = int(rng.choice(len(self.files), p=self.weights))
         rate, total = int(self.rates[i]), int(self.frames[i])
         need = int(math.ceil(self.cfg.segment_seconds * rate))
         start = int(rng.integers(0, max(total - need, 0) + 1))
-        try:
-            data, _ = sf.read(str(self.files[i]), start=start, frames=min(need, total), dtype="float32",
-                              always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise CodecDataError(f"cannot read {self.files[i]} ({e})") from None
-        audio = resample(data.mean(axis=1), rate, self.sample_rate)[:self.length]
+        audio = resample(self._read(i, start, min(need, total)), rate, self.sample_rate)[:self.length]
         audio = np.pad(audio, (0, self.length - len(audio)))
         return self._augment(audio, rng, self._rms_of_file(i) if self.cfg.loudness_scope == "file" else None)
 

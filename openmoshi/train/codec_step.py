@@ -42,15 +42,18 @@ class CodecLossConfig:
     """Loss weights (0 = off) and the step's options. With the balancer, the four reconstruction-side weights
     are shares of the gradient at the reconstruction (only their ratios matter)."""
 
+    # Through the reconstruction (balanced when `balancer`): multi-scale mel, waveform L1, hinge GAN, features.
     mel: float = 1.0
     l1: float = 0.0
     adversarial: float = 3.0
     feature_matching: float = 3.0
-    commitment: float = 1.0
-    distillation: float = 1.0
     balancer: bool = True
     balancer_total_norm: float = 1.0
     balancer_ema_decay: float = 0.999
+    # Added plainly (they do not go through the reconstruction): the quantizer's commitment and the semantic
+    # distillation of the first codebook to the teacher.
+    commitment: float = 1.0
+    distillation: float = 1.0
     unquantized_share: float = 0.5  # rows decoded from the unquantized latent (Mimi: 50%)
     # Steps before the generator listens to the discriminator: an untrained discriminator's gradient is noise,
     # and the balancer would give it its full share.
