@@ -139,9 +139,16 @@ for raw in src.read_text(encoding="utf-8").splitlines():
             out.append(json.dumps({**e, "path": str(p)}))
 tmp = dst.with_name(dst.name + ".part")
 tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
+# leave out what `data check` rejects (`data prepare` would refuse the whole list), and say which
+from openmoshi.data.check import check_dataset
+result = check_dataset(tmp)
+for problem in result.problems:
+    print(f"snapshot: left out: {problem}")
+out = [x for i, x in enumerate(out) if i not in result.bad_entries]
+tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
 os.replace(tmp, dst)
 hours = sum(json.loads(x)["duration"] for x in out) / 3600
-print(f"snapshot: {len(out)} conversations, {hours:.2f} h -> {dst}")
+print(f"snapshot: {len(out)} conversations, {hours:.2f} h -> {dst} ({len(result.bad_entries)} left out)")
 EOF
 }
 

@@ -197,3 +197,24 @@ def test_cli_writes_a_set(tmp_path, capsys):
     assert "s of audio per CPU second" in capsys.readouterr().err
     (entry,) = _manifest(out)
     assert _read(out, entry)[2]["voice"] == {"moshi": MOSHI_VOICE, "user": USER_VOICE}
+
+
+def _speech(n_words, word_s=0.3):
+    times = [(0.05 + i * word_s, 0.05 + (i + 1) * word_s - 0.05) for i in range(n_words)]
+    return mix.Speech(np.zeros(int((times[-1][1] + 0.05) * SR), np.float32), times, True)
+
+
+def test_a_speaker_never_talks_over_its_own_backchannel():
+    # Moshi backchannels just after the user's second-to-last word, then answers 80 ms after the user's last:
+    # laid out as planned, the answer would start inside the backchannel (7 of the 2197 synth-v1 conversations)
+    lines = [Line(USER, "I like the sea, what colour is it?", "question", gap=0.3),
+             Line(MOSHI, "Oh, right, I see.", "backchannel", "during", frac=1.0),
+             Line(MOSHI, "It is blue.", "answer", gap=0.08)]
+    spoken = [_speech(8), _speech(4), _speech(3)]
+    placed = mix._layout(lines, spoken, 1.0, random.Random(0))
+    backchannel, answer = placed[1], placed[2]
+    assert backchannel.times[0][0] < placed[0].times[-1][1]  # still over the user's line
+    assert answer.times[0][0] >= backchannel.times[-1][1] + mix.SAME_SPEAKER_GAP_S - 1e-9
+    for s in (MOSHI, USER):  # and no two words of one speaker overlap anywhere
+        words = sorted(w for p in placed if p.line.speaker == s for w in p.times)
+        assert all(a[1] <= b[0] for a, b in zip(words, words[1:]))

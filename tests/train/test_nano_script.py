@@ -120,19 +120,26 @@ def test_a_failing_stage_stops_the_pipeline(tmp_path: Path) -> None:
     assert "stage codec: FAILED" in log and "stage snapshot" not in log
 
 
-def test_snapshot_freezes_the_finished_conversations(tmp_path: Path) -> None:
+def test_snapshot_freezes_the_finished_valid_conversations(tmp_path: Path) -> None:
     import sys
 
-    root = data_root(tmp_path, lines=3)
-    for i in (0, 2):  # conversation 1 is unfinished: no wav, no sidecar
-        (root / f"c{i}.wav").write_bytes(b"RIFF")
-        (root / f"c{i}.json").write_text('{"alignments": []}')
+    import numpy as np
+    import soundfile as sf
+
+    root = data_root(tmp_path, lines=4)
+    words = {0: [["Hi.", [0.1, 0.3], "SPEAKER_MAIN"]], 2: [],
+             3: [["Right.", [0.1, 0.5], "SPEAKER_MAIN"], ["Yes.", [0.4, 0.6], "SPEAKER_MAIN"]]}  # 3: overlapping
+    for i, alignments in words.items():  # conversation 1 is unfinished: no wav, no sidecar
+        sf.write(root / f"c{i}.wav", np.zeros((24_000, 2), np.float32), 24_000)
+        (root / f"c{i}.json").write_text(json.dumps({"alignments": alignments}))
     out = tmp_path / "out"
     r = run("--data-root", str(root), "--out", str(out), "--only", "snapshot", "--min-hours", "0.0001",
             env={"OPENMOSHI_PYTHON": sys.executable})
     assert r.returncode == 0, r.stdout + r.stderr
     frozen = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
     assert [e["path"] for e in frozen] == [str(root / "c0.wav"), str(root / "c2.wav")]
+    log = (out / "logs" / "snapshot.log").read_text()
+    assert "left out" in log and "c3.json" in log and "overlaps" in log  # what `data check` rejects
     again = run("--data-root", str(root), "--out", str(out), "--only", "snapshot")
     assert "stage snapshot: complete, skipped" in again.stdout  # frozen: later conversations do not change it
 

@@ -28,7 +28,8 @@ MOSHI_PEAK_DB = -3.0
 FADE_S = 0.02
 MIN_KEPT_S = 0.04
 ENGINE_WEIGHTS = {"espeak": 0.3, "flite": 0.25, "festival": 0.2, "piper": 0.25}
-GENERATOR_VERSION = 1
+SAME_SPEAKER_GAP_S = 0.1  # least silence between two lines of one speaker
+GENERATOR_VERSION = 2  # 2: a speaker's lines never overlap each other
 
 
 @dataclass
@@ -86,6 +87,10 @@ def _layout(lines: list[Line], spoken: list[Speech], tape_factor: float, rng: ra
                 first = anchor.times[k][1] + rng.uniform(-0.1, 0.15)
                 if anchor.line.speaker == MOSHI:
                     anchor.stop = first + line.reaction
+                    busy[MOSHI] = anchor.stop  # its words end there
+        # never over this speaker's own last words: a backchannel near the end of the other's line can run
+        # past the floor's end, and the same speaker's next line would start inside it (seen in 7 of 2197)
+        first = max(first, busy.get(line.speaker, -SAME_SPEAKER_GAP_S) + SAME_SPEAKER_GAP_S)
         offset = max(0.0, first - rel[0][0])
         item = Placed(line, speech, offset, [(a + offset, b + offset) for a, b in rel])
         placed.append(item)
