@@ -217,4 +217,4 @@ def test_a_speaker_never_talks_over_its_own_backchannel():
     assert answer.times[0][0] >= backchannel.times[-1][1] + mix.SAME_SPEAKER_GAP_S - 1e-9
     for s in (MOSHI, USER):  # and no two words of one speaker overlap anywhere
         words = sorted(w for p in placed if p.line.speaker == s for w in p.times)
-        assert all(a[1] <= b[0] for a, b in zip(words, words[1:]))
+        assert all(a[1] <= b[0] for a, b in zip(words, words[1:], strict=False))
