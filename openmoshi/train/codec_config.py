@@ -150,7 +150,7 @@ def nano() -> CodecTrainConfig:
         model=CodecModelSection("mimi", overrides={k: v for k, v in NANO_MIMI.items() if k != "preset"}),
         quantizer=QuantizerTraining(ema_decay=0.99, dead_code_ratio=0.1, dropout_prob=0.5),
         loss=CodecLossConfig(mel=1.0, adversarial=1.0, feature_matching=1.0, unquantized_share=0.5,
-                             adversarial_start=14500, discriminator_start=14000,
+                             adversarial_start=14500, discriminator_start=14000, encoder_frozen_from=11500,
                              mel_scales=MelLossConfig(floor=1e-2, linear=1.0)),
         discriminator=DiscriminatorConfig(filters=8, n_ffts=(1024, 512, 256), dilations=(1, 2, 4)),
         weight_ema=0.99,

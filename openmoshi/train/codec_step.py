@@ -61,6 +61,11 @@ class CodecLossConfig:
     # Steps before the discriminator trains at all (None: from step 0). On CPU the discriminator costs more than
     # the small codec itself, so there is no point training it long before the generator listens.
     discriminator_start: int | None = None
+    # From this step (None: never) only the decoder side trains: the encoder, its transformer, the downsampling
+    # and the quantizer with its codebooks keep their weight average (the trainer sets them to it), so the codes
+    # are final and a language model's data can be encoded while the decoder goes on learning to decode all the
+    # codebooks (no quantizer dropout, no unquantized rows, no distillation, no teacher).
+    encoder_frozen_from: int | None = None
     grad_clip: float = 0.0  # max gradient norm of each optimiser's parameters; 0 = no clipping
     mel_scales: MelLossConfig = field(default_factory=MelLossConfig)
 
@@ -74,6 +79,8 @@ class CodecLossConfig:
         if self.discriminator_start is not None and not 0 <= self.discriminator_start <= self.adversarial_start:
             raise ValueError(f"discriminator_start must be between 0 and adversarial_start "
                              f"({self.adversarial_start}), got {self.discriminator_start}")
+        if self.encoder_frozen_from is not None and self.encoder_frozen_from < 0:
+            raise ValueError(f"encoder_frozen_from must be >= 0, got {self.encoder_frozen_from}")
         if not 0 <= self.unquantized_share <= 1:
             raise ValueError(f"unquantized_share must be in [0, 1], got {self.unquantized_share}")
         if self.mel + self.l1 + self.adversarial + self.feature_matching <= 0:
@@ -82,6 +89,10 @@ class CodecLossConfig:
     @property
     def uses_discriminator(self) -> bool:
         return self.adversarial > 0 or self.feature_matching > 0
+
+    def encoder_frozen(self, step: int | None) -> bool:
+        """Whether step `step` (0-based; None: past every phase) trains the decoder side only."""
+        return self.encoder_frozen_from is not None and (step is None or step >= self.encoder_frozen_from)
 
     def balanced_weights(self) -> dict[str, float]:
         return {"mel": self.mel, "l1": self.l1, "adversarial": self.adversarial,
@@ -164,13 +175,17 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
     mimi, wav = parts.mimi, batch.wav
     if wav.dim() != 3 or wav.shape[1] != 1:
         raise ValueError(f"batch.wav must be [B, 1, T], got {tuple(wav.shape)}")
+    frozen = cfg.encoder_frozen(step)
     mimi.train()
+    if frozen:  # eval() mode: no codebook updates, no quantizer dropout (the weights are frozen by the trainer)
+        for module in encoder_side(mimi):
+            module.eval()
     disc = parts.discriminator
     if disc is not None:
         disc.train()
         disc.requires_grad_(False)  # the generator's pass does not train the discriminator
     optims.codec.zero_grad(set_to_none=True)
-    out = mimi(wav, unquantized_share=cfg.unquantized_share)
+    out = mimi(wav, unquantized_share=0.0 if frozen else cfg.unquantized_share)
     recon = out.reconstruction[..., :wav.shape[-1]]
     losses: dict[str, Tensor] = {}
     if cfg.mel > 0:
@@ -186,17 +201,17 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
             with torch.no_grad():
                 real = disc(wav)
             losses["feature_matching"] = feature_matching_loss(real.features, fake.features)
-    plain = {"commitment": out.commitment_loss * cfg.commitment}
-    if parts.distillation is not None and batch.teacher is not None and out.semantic is not None:
+    plain = {} if frozen else {"commitment": out.commitment_loss * cfg.commitment}
+    if not frozen and parts.distillation is not None and batch.teacher is not None and out.semantic is not None:
         losses["distillation"] = parts.distillation(out.semantic, batch.teacher)
         plain["distillation"] = losses["distillation"] * cfg.distillation
     losses["commitment"] = out.commitment_loss
-    extra = sum(plain.values())
+    extra = sum(plain.values()) if plain else None
     weights = cfg.balanced_weights()
     if parts.balancer is not None:
         parts.balancer.backward({k: losses[k] for k in BALANCED if k in losses}, recon, extra)
     else:
-        (sum(losses[k] * weights[k] for k in BALANCED if k in losses) + extra).backward()
+        (sum(losses[k] * weights[k] for k in BALANCED if k in losses) + (0 if extra is None else extra)).backward()
     if disc is not None:
         disc.requires_grad_(True)
     grad_norm = _clip(optims.codec.param_groups[0]["params"], cfg.grad_clip)
@@ -205,7 +220,7 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
         parts.ema.update(mimi)
     metrics = {k: float(v.detach()) for k, v in losses.items()}
     metrics["generator"] = float(sum(losses[k].detach() * weights[k] for k in BALANCED if k in losses)
-                                 + extra.detach())
+                                 + (0.0 if extra is None else extra.detach()))
     if cfg.grad_clip > 0:
         metrics["grad_norm"] = grad_norm
     trains = step is None or step >= (cfg.discriminator_start or 0)
@@ -218,6 +233,12 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
         metrics["discriminator"] = float(d_loss.detach())
     metrics.update(codebook_metrics(mimi, out.codes))
     return metrics
+
+
+def encoder_side(mimi: nn.Module) -> list[nn.Module]:
+    """The modules that make the codes: what `encoder_frozen_from` freezes (the quantizer holds the codebooks,
+    which the decoder side reads too, so they stay as they are)."""
+    return [mimi.encoder, mimi.encoder_transformer, mimi.downsample, mimi.quantizer]
 
 
 @torch.no_grad()

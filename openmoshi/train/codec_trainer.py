@@ -9,7 +9,9 @@ step: the schedule's lr, a batch (teacher features when a teacher is set), `code
 metrics line (each loss, codebook perplexity, dead codes, seconds of audio per second); every `val_every` the
 held-out clips' mel distance (the validation loss) and their reconstructions in RUN/samples/step_N/ (original,
 0.25 s of silence, reconstruction, in one wav); every `checkpoint_every` a checkpoint. At the end RUN/export/
-(`codec_export.export_codec`: the weight EMA in Kyutai's naming and config.json).
+(`codec_export.export_codec`: the weight EMA in Kyutai's naming and config.json). With
+`loss.encoder_frozen_from`, the first step of the decoder-only phase sets the encoder side to its weight average,
+freezes it and exports RUN/export-frozen/: its codes are those of every later export (the decoder differs).
 
 Distributed: each rank crops its share of the global batch; gradients are averaged by FSDP2; the EMA codebooks
 all-reduce their statistics; the balancer averages its norms over ranks.
@@ -33,7 +35,7 @@ from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .codec_config import CodecTrainConfig
 from .codec_data import AudioCrops, held_out_clips
 from .codec_export import export_codec
-from .codec_step import CodecBatch, CodecParts, codec_optimizers, codec_parts, codec_step
+from .codec_step import CodecBatch, CodecParts, codec_optimizers, codec_parts, codec_step, encoder_side
 from .config import dump_yaml
 from .discriminators import MultiScaleSTFTDiscriminator
 from .distributed import Dist, all_mean, barrier, init_distributed
@@ -170,7 +172,7 @@ def train_codec(cfg: CodecTrainConfig, run: str | Path, *, resume: bool = False,
                       progress)
     export = None
     if max(start, t.steps) >= t.steps:
-        state = parts.ema.export_state(mimi) if parts.ema is not None else _full_state(mimi)
+        state = _export_state(parts)
         if d.is_main:
             export = export_codec(run / "export", state, mimi.cfg)
             say(f"exported to {export.parent}")
@@ -179,6 +181,25 @@ def train_codec(cfg: CodecTrainConfig, run: str | Path, *, resume: bool = False,
         metrics.plot(f"openmoshi train codec ({run.name})")
         metrics.close()
     return CodecTrainResult(run, max(start, t.steps), last, val, export)
+
+
+FROZEN_EXPORT = "export-frozen"
+
+
+def _export_state(parts: CodecParts) -> dict[str, torch.Tensor]:
+    return parts.ema.export_state(parts.mimi) if parts.ema is not None else _full_state(parts.mimi)
+
+
+@torch.no_grad()
+def freeze_encoder(parts: CodecParts) -> None:
+    """The decoder-only phase: the encoder side's parameters take their weight average (exactly, so the EMA keeps
+    them: lerp between equal values is the value) and stop training (no gradient: AdamW skips them)."""
+    for module in encoder_side(parts.mimi):
+        module.requires_grad_(False)
+        if parts.ema is not None:
+            prefix = next(n for n, m in parts.mimi.named_modules() if m is module)
+            for name, p in module.named_parameters():
+                p.copy_(parts.ema.shadow[f"{prefix}.{name}"].to(p.dtype))
 
 
 def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -201,9 +222,16 @@ def _loop(cfg: CodecTrainConfig, d: Dist, parts: CodecParts, optims, data: Audio
     t0 = time.perf_counter()
     bar = tqdm(total=t.steps, initial=start, disable=not (progress and d.is_main), desc="train codec", unit="step",
                dynamic_ncols=True)
-    ahead = _ReadAhead(data, teacher, start, t.steps)
+    ahead = _ReadAhead(data, teacher, start, t.steps, cfg.loss.encoder_frozen)
+    frozen = False
     try:
         for step in range(start, t.steps):
+            if not frozen and cfg.loss.encoder_frozen(step):
+                freeze_encoder(parts)
+                frozen = True
+                if d.is_main and not (run / FROZEN_EXPORT / "mimi.safetensors").is_file():
+                    export_codec(run / FROZEN_EXPORT, _export_state(parts), parts.mimi.cfg)
+                barrier(d)
             lr_mult = set_lr(optims.codec, step, t.steps, cfg.schedule)
             if optims.discriminator is not None:
                 set_lr(optims.discriminator, step, t.steps, cfg.schedule)
@@ -252,16 +280,19 @@ class _ReadAhead:
     overlaps the codec's step instead of adding to it. Batches are a pure function of the step
     (`AudioCrops.batch_at`), so a run reads exactly what it would read without the worker."""
 
-    def __init__(self, data: AudioCrops, teacher, start: int, stop: int) -> None:
+    def __init__(self, data: AudioCrops, teacher, start: int, stop: int,
+                 frozen: Callable[[int], bool] = lambda _step: False) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.data, self.teacher, self.stop = data, teacher, stop
+        self.data, self.teacher, self.stop, self.frozen = data, teacher, stop, frozen
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-data")
         self.pending = self.pool.submit(self._load, start) if start < stop else None
 
     def _load(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         wav = self.data.batch_at(step)
-        return wav, (self.teacher.features(wav[:, 0]) if self.teacher is not None else None)
+        # the decoder-only phase has no distillation: no teacher features
+        use_teacher = self.teacher is not None and not self.frozen(step)
+        return wav, (self.teacher.features(wav[:, 0]) if use_teacher else None)
 
     def take(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Batch `step` (read ahead), and start reading the next one."""

@@ -69,6 +69,42 @@ def test_resume_equals_an_uninterrupted_run(tmp_path) -> None:
     assert steps == [2, 4]
 
 
+ENCODER_SIDE = ("encoder.", "encoder_transformer.", "downsample.", "quantizer.")
+
+
+def test_encoder_frozen_from_keeps_the_codes_and_trains_the_decoder(tmp_path) -> None:
+    data = _audio(tmp_path / "audio")
+    base = ["train", "codec", "tiny", "--data", str(data), *FAST, "--set", "train.val_every=0",
+            "--set", "loss.encoder_frozen_from=3"]
+    assert cli_main([*base, "--out", str(tmp_path / "full"), "--steps", "6"]) == 0
+    frozen = load_file(tmp_path / "full" / "export-frozen" / "mimi.safetensors")
+    final = load_file(tmp_path / "full" / "export" / "mimi.safetensors")
+    assert frozen.keys() == final.keys()
+    encoder = [k for k in final if k.startswith(ENCODER_SIDE)]
+    decoder = [k for k in final if not k.startswith(ENCODER_SIDE)]
+    assert encoder and decoder
+    for k in encoder:  # bit for bit: the weights and the codebooks' buffers
+        assert torch.equal(frozen[k], final[k]), k
+    assert any(not torch.equal(frozen[k], final[k]) for k in decoder)  # the decoder went on training
+    codes = []
+    for folder in ("export-frozen", "export"):  # so the codes are the same whichever export encodes
+        out = tmp_path / f"{folder}.npz"
+        assert cli_main(["codec", "encode", str(data / "a.wav"), str(out), "--weights",
+                         str(tmp_path / "full" / folder / "mimi.safetensors"), "--preset", "tiny", "-k", "8"]) == 0
+        codes.append(np.load(out)["codes"])
+    np.testing.assert_array_equal(codes[0], codes[1])
+    # Resumed across the freeze (stopped at step 2, before it): the same frozen export and the same end.
+    assert cli_main([*base, "--out", str(tmp_path / "part"), "--steps", "2"]) == 0
+    assert not (tmp_path / "part" / "export-frozen").exists()
+    assert cli_main(["train", "codec", "--resume", "--out", str(tmp_path / "part"), "--steps", "6",
+                     "--threads", "1", "--no-progress"]) == 0
+    for folder in ("export-frozen", "export"):
+        want = load_file(tmp_path / "full" / folder / "mimi.safetensors")
+        got = load_file(tmp_path / "part" / folder / "mimi.safetensors")
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=f"{folder}: {k}")
+
+
 def test_user_mistakes(tmp_path, capsys) -> None:
     data = _audio(tmp_path / "audio")
 
