@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# nanomoshi from nothing, on CPU (docs/nanomoshi.md): data -> codec -> snapshot -> tokenizer -> assets ->
-# prepare -> lm-pre -> lm-post -> export. Every stage skips itself when its output is complete and resumes its
-# run from the newest checkpoint when it is partial, so the same command continues across sessions.
+# nanomoshi from nothing, on CPU (docs/nanomoshi.md): data -> codec -> codes -> snapshot -> tokenizer -> assets
+# -> prepare -> lm-pre -> lm-post -> export. Every stage skips itself when its output is complete and resumes its
+# run from the newest checkpoint when it is partial, so the same command continues across sessions. The codec
+# trains in the background: once its encoder is frozen (`codes`: codec/export-frozen/) the LM stages run beside
+# its decoder-only phase, on the other threads; `export` waits for it.
 #
 #   scripts/train_nanomoshi.sh [--data-root DIR] [--eval-root DIR] [--out DIR] [--only STAGE ...]
 #                              [--skip STAGE ...] [--codec-steps N] [--pre-steps N] [--post-steps N]
@@ -16,7 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${OPENMOSHI_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-STAGES=(data codec snapshot tokenizer assets prepare lm-pre lm-post export)
+STAGES=(data codec codes snapshot tokenizer assets prepare lm-pre lm-post export)
 DATA_ROOT=/work/data/synth-v1
 EVAL_ROOT=/work/data/synth-v1-eval
 OUT=/work/data/nanomoshi
@@ -82,6 +84,10 @@ lines() { if [ -f "$1" ]; then grep -c . "$1" || true; else echo 0; fi; }
 # ---- completion tests (a stage is skipped when its test passes) ------------------------------------------------
 done_data() { [ "$(lines "$MANIFEST")" -gt 0 ]; }
 done_codec() { [ -f "$OUT/codec/export/mimi.safetensors" ]; }
+# the codec whose codes the LM learns: the frozen encoder's export (every later export makes the same codes)
+codes_export() { if [ -f "$OUT/codec/export-frozen/mimi.safetensors" ]; then echo "$OUT/codec/export-frozen";
+                 else echo "$OUT/codec/export"; fi; }
+done_codes() { [ -f "$(codes_export)/mimi.safetensors" ]; }
 done_snapshot() { [ "$(lines "$TRAIN_LIST")" -gt 0 ]; }
 done_tokenizer() { [ -f "$OUT/tokenizer.model" ]; }
 done_assets() { [ -f "$OUT/assets/config.json" ] && [ -f "$OUT/assets/mimi.safetensors" ] && [ -f "$OUT/assets/tokenizer.model" ]; }
@@ -100,14 +106,14 @@ run_data() {  # only when the data root holds no conversations yet (an existing 
 train_run() {  # train_run KIND RUN STEPS ARGS...: a new run, or the resumption of a partial one
   local kind="$1" run="$2" steps="$3"; shift 3
   if has_checkpoint "$run"; then
-    "${CLI[@]}" train "$kind" --resume --out "$run" --steps "$steps" --threads "$THREADS" --no-progress
+    "${CLI[@]}" train "$kind" --resume --out "$run" --steps "$steps" --threads "$STAGE_THREADS" --no-progress
   else
     rm -rf "$run"  # our own run folder, killed before its first checkpoint: nothing to keep
-    "${CLI[@]}" train "$kind" "$@" --out "$run" --steps "$steps" --threads "$THREADS" --no-progress
+    "${CLI[@]}" train "$kind" "$@" --out "$run" --steps "$steps" --threads "$STAGE_THREADS" --no-progress
   fi
 }
 
-run_codec() {
+run_codec() {  # in the background (the driver): 1 thread on a 2-core machine, the LM stages take the rest
   local held=()
   [ -f "$EVAL_MANIFEST" ] && held=(--set "data.held_out=$EVAL_MANIFEST")
   train_run codec "$OUT/codec" "$CODEC_STEPS" nano --data "$MANIFEST" --set teacher=whisper-tiny.en "${held[@]}"
@@ -115,6 +121,16 @@ run_codec() {
 
 manifest_hours() {
   "$PY" -c 'import json, sys; print(sum(json.loads(l)["duration"] for l in open(sys.argv[1]) if l.strip()) / 3600)' "$1"
+}
+
+run_codes() {  # wait for the frozen encoder's export (or the whole codec) while the codec trains
+  local waited=0
+  until done_codes; do
+    codec_running || { echo "codes: the codec stage is not running (select it too)"; return 1; }
+    [ $((waited % 600)) = 0 ] && echo "codes: waiting for $OUT/codec/export-frozen/ (the codec's encoder to freeze)"
+    sleep 10; waited=$((waited + 10))
+  done
+  echo "codes: $(codes_export)"
 }
 
 run_snapshot() {  # freeze the conversations finished now (the generator may still be adding more)
@@ -158,10 +174,10 @@ run_tokenizer() {
 
 run_assets() {  # a model folder holding only the codec and the tokenizer: what `data prepare` and lm-pre read
   mkdir -p "$OUT/assets"
-  ln -f "$OUT/codec/export/mimi.safetensors" "$OUT/assets/mimi.safetensors" 2>/dev/null \
-    || cp "$OUT/codec/export/mimi.safetensors" "$OUT/assets/mimi.safetensors"
+  local codec; codec="$(codes_export)"
+  cp "$codec/mimi.safetensors" "$OUT/assets/mimi.safetensors"
   cp "$OUT/tokenizer.model" "$OUT/assets/tokenizer.model"
-  "$PY" - "$OUT/codec/export/config.json" "$OUT/assets/config.json" <<'EOF'
+  "$PY" - "$codec/config.json" "$OUT/assets/config.json" <<'EOF'
 import json, os, sys
 from openmoshi.train.lm_config import nano
 from openmoshi.train.lm_export import kyutai_config
@@ -179,15 +195,15 @@ run_prepare() {
   # Encoding is one process per core (--threads N: N ranks of 1 thread, which beats one process of N threads on
   # Mimi's small per-frame ops), then one call that finds every chunk done and writes the index.
   local pids=() r fail=0
-  if [ "$THREADS" -gt 1 ]; then
-    for ((r = 0; r < THREADS; r++)); do
+  if [ "$STAGE_THREADS" -gt 1 ]; then
+    for ((r = 0; r < STAGE_THREADS; r++)); do
       "${CLI[@]}" data prepare "$TRAIN_LIST" --model "$OUT/assets" --device cpu --no-progress --threads 1 \
-        --rank "$r" --world-size "$THREADS" & pids+=($!)
+        --rank "$r" --world-size "$STAGE_THREADS" & pids+=($!)
     done
     for r in "${pids[@]}"; do wait "$r" || fail=1; done
     [ "$fail" = 0 ] || { echo "prepare: a rank failed (see above)"; return 1; }
   fi
-  "${CLI[@]}" data prepare "$TRAIN_LIST" --model "$OUT/assets" --device cpu --no-progress --threads "$THREADS"
+  "${CLI[@]}" data prepare "$TRAIN_LIST" --model "$OUT/assets" --device cpu --no-progress --threads "$STAGE_THREADS"
 }
 
 run_lm-pre() {
@@ -198,8 +214,8 @@ run_lm-post() {
   train_run lm "$OUT/lm-post" "$POST_STEPS" nano_post --model "$OUT/lm-pre/export" --data "$TRAIN_LIST"
 }
 
-run_export() {  # the shipped folder: the LM in bf16, the codec and the tokenizer as trained; <= 50 MB
-  "$PY" - "$OUT/lm-post/export" "$OUT/export" <<'EOF'
+run_export() {  # the shipped folder: the LM in bf16, the codec (its final decoder) and the tokenizer; <= 50 MB
+  "$PY" - "$OUT/lm-post/export" "$OUT/export" "$OUT/codec/export" <<'EOF'
 import json, os, shutil, sys
 from pathlib import Path
 import torch
@@ -212,8 +228,14 @@ cfg = json.loads((src / "config.json").read_text())
 tensors = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
            for k, v in load_file(str(src / cfg["moshi_name"])).items()}
 save_file(tensors, str(tmp / cfg["moshi_name"]))
-for key in ("mimi_name", "tokenizer_name"):
-    shutil.copyfile(src / cfg[key], tmp / cfg[key])
+from openmoshi.train.codec_export import codes_differ
+codec = Path(sys.argv[3]) / "mimi.safetensors"  # the codec's final decoder, which must make the LM's codes
+differ = codes_differ(src / cfg["mimi_name"], codec)
+if differ:
+    sys.exit(f"export: {codec} makes other codes than the codec the LM was trained on ({len(differ)} encoder "
+             f"tensors differ, e.g. {differ[0]}): the codec changed after `codes`; prepare and train the LM again")
+shutil.copyfile(codec, tmp / cfg["mimi_name"])
+shutil.copyfile(src / cfg["tokenizer_name"], tmp / cfg["tokenizer_name"])
 (tmp / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
 from openmoshi.inference.models import load_models
 from openmoshi.model_files import resolve_model_files
@@ -231,7 +253,32 @@ EOF
 [ "$DRY" = 1 ] || mkdir -p "$OUT/logs"
 cd "$ROOT"
 log "nanomoshi: data $DATA_ROOT, out $OUT, codec $CODEC_STEPS steps, LM $PRE_STEPS + $POST_STEPS steps"
+CODEC_PID=""
+CODEC_START=0
+# the codec's share of the threads while it trains in the background (on 2 cores one thread trains it as fast
+# as two: its small convolutions do not parallelise), the other stages take the rest
+CODEC_THREADS=$(( THREADS > 2 ? THREADS / 2 : 1 ))
+codec_running() { [ -n "$CODEC_PID" ] && kill -0 "$CODEC_PID" 2>/dev/null; }
+reap_codec() { if [ -n "$CODEC_PID" ] && ! codec_running; then finish_codec; fi; }
+finish_codec() {  # wait for the background codec, log its end; a failed codec stops the pipeline
+  [ -n "$CODEC_PID" ] || return 0
+  local rc=0
+  wait "$CODEC_PID" || rc=$?
+  CODEC_PID=""
+  if [ "$rc" = 0 ] && done_codec; then
+    log "stage codec: done in $(( $(date +%s) - CODEC_START )) s"
+  else
+    log "stage codec: FAILED after $(( $(date +%s) - CODEC_START )) s (see $OUT/logs/codec.log)"
+    tail -n 20 "$OUT/logs/codec.log" >&2
+    exit 1
+  fi
+}
+# a stopped or failed pipeline stops its background codec too (it resumes from its checkpoint next time)
+trap 'if codec_running; then kill -TERM "$CODEC_PID" 2>/dev/null; pkill -TERM -P "$CODEC_PID" 2>/dev/null; fi' EXIT
 for stage in "${STAGES[@]}"; do
+  reap_codec
+  STAGE_THREADS=$THREADS
+  codec_running && STAGE_THREADS=$(( THREADS > CODEC_THREADS ? THREADS - CODEC_THREADS : 1 ))
   if ! wanted "$stage"; then
     log "stage $stage: not selected"; continue
   fi
@@ -241,9 +288,18 @@ for stage in "${STAGES[@]}"; do
   if [ "$DRY" = 1 ]; then
     log "stage $stage: would run"; continue
   fi
+  if [ "$stage" = codec ]; then
+    log "stage codec: start (in the background, $CODEC_THREADS thread(s); its log: $OUT/logs/codec.log)"
+    CODEC_START=$(date +%s)
+    STAGE_THREADS=$CODEC_THREADS run_codec >> "$OUT/logs/codec.log" 2>&1 &
+    CODEC_PID=$!
+    continue
+  fi
+  if [ "$stage" = export ]; then finish_codec; fi  # the shipped codec is the finished one
   log "stage $stage: start"
   start=$(date +%s)
   if ! "run_$stage" >> "$OUT/logs/$stage.log" 2>&1; then
+    reap_codec
     log "stage $stage: FAILED after $(( $(date +%s) - start )) s (see $OUT/logs/$stage.log)"
     tail -n 20 "$OUT/logs/$stage.log" >&2
     exit 1
@@ -251,4 +307,5 @@ for stage in "${STAGES[@]}"; do
   "done_$stage" || { log "stage $stage: ran but its output is missing (see $OUT/logs/$stage.log)"; exit 1; }
   log "stage $stage: done in $(( $(date +%s) - start )) s"
 done
+finish_codec  # a codec still training (e.g. --only codec) finishes first
 if [ "$DRY" = 1 ]; then log "nanomoshi: dry run, nothing done"; else log "nanomoshi: the selected stages are done (model folder: $OUT/export)"; fi

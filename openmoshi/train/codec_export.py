@@ -23,13 +23,15 @@ from torch import Tensor
 
 from ..codec.checkpoint import to_kyutai_state
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_codec", "mimi_overrides"]
+__all__ = ["CONFIG_NAME", "ENCODER_SIDE", "WEIGHTS_NAME", "codes_differ", "export_codec", "mimi_overrides"]
 
 if TYPE_CHECKING:
     from ..codec.mimi import MimiConfig
 
 WEIGHTS_NAME = "mimi.safetensors"
 CONFIG_NAME = "config.json"
+# What makes the codes, in Kyutai's names: the encoder, its transformer, the downsampling, the quantizer.
+ENCODER_SIDE = ("encoder.", "encoder_transformer.", "downsample.", "quantizer.")
 
 
 def mimi_overrides(cfg: MimiConfig) -> dict[str, Any]:
@@ -58,3 +60,13 @@ def export_codec(folder: str | Path, state: Mapping[str, Tensor], cfg: MimiConfi
     write_text(folder / CONFIG_NAME, json.dumps({"mimi_name": WEIGHTS_NAME, "mimi": mimi_overrides(cfg)},
                                                 indent=2) + "\n")
     return weights
+
+
+def codes_differ(a: str | Path, b: str | Path) -> list[str]:
+    """The encoder-side tensors in which two exported mimi.safetensors differ (missing ones included): empty when
+    both make the same codes, as an export of a decoder-only phase and its `export-frozen/` must."""
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    keys = sorted(k for k in set(ta) | set(tb) if k.startswith(ENCODER_SIDE))
+    return [k for k in keys if k not in ta or k not in tb or not torch.equal(ta[k], tb[k])]

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from openmoshi.cli import main as cli_main
+from openmoshi.train.codec_export import ENCODER_SIDE, codes_differ
 
 FAST = ["--set", "data.segment_seconds=0.1", "--set", "loss.adversarial_start=2", "--set", "train.batch_size=2",
         "--set", "data.held_out_seconds=0.2", "--set", "train.log_every=2", "--set", "train.val_every=4",
@@ -69,9 +70,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path) -> None:
     assert steps == [2, 4]
 
 
-ENCODER_SIDE = ("encoder.", "encoder_transformer.", "downsample.", "quantizer.")
-
-
 def test_encoder_frozen_from_keeps_the_codes_and_trains_the_decoder(tmp_path) -> None:
     data = _audio(tmp_path / "audio")
     base = ["train", "codec", "tiny", "--data", str(data), *FAST, "--set", "train.val_every=0",
@@ -85,6 +83,8 @@ def test_encoder_frozen_from_keeps_the_codes_and_trains_the_decoder(tmp_path) ->
     assert encoder and decoder
     for k in encoder:  # bit for bit: the weights and the codebooks' buffers
         assert torch.equal(frozen[k], final[k]), k
+    assert codes_differ(tmp_path / "full" / "export-frozen" / "mimi.safetensors",
+                        tmp_path / "full" / "export" / "mimi.safetensors") == []
     assert any(not torch.equal(frozen[k], final[k]) for k in decoder)  # the decoder went on training
     codes = []
     for folder in ("export-frozen", "export"):  # so the codes are the same whichever export encodes
@@ -96,6 +96,8 @@ def test_encoder_frozen_from_keeps_the_codes_and_trains_the_decoder(tmp_path) ->
     # Resumed across the freeze (stopped at step 2, before it): the same frozen export and the same end.
     assert cli_main([*base, "--out", str(tmp_path / "part"), "--steps", "2"]) == 0
     assert not (tmp_path / "part" / "export-frozen").exists()
+    assert codes_differ(tmp_path / "full" / "export-frozen" / "mimi.safetensors",  # step 2's codes are not final
+                        tmp_path / "part" / "export" / "mimi.safetensors")
     assert cli_main(["train", "codec", "--resume", "--out", str(tmp_path / "part"), "--steps", "6",
                      "--threads", "1", "--no-progress"]) == 0
     for folder in ("export-frozen", "export"):

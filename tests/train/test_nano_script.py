@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_nanomoshi.sh"
-STAGES = ["data", "codec", "snapshot", "tokenizer", "assets", "prepare", "lm-pre", "lm-post", "export"]
+STAGES = ["data", "codec", "codes", "snapshot", "tokenizer", "assets", "prepare", "lm-pre", "lm-post", "export"]
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -166,3 +166,23 @@ def test_prepare_runs_one_rank_per_thread_then_writes_the_index(tmp_path: Path) 
             env=env)
     assert r.returncode == 1 and "stage prepare: FAILED" in (out / "pipeline.log").read_text()
     assert all("--rank" in line for line in calls.read_text().splitlines())
+
+
+def test_the_codec_trains_in_the_background_and_codes_come_from_its_frozen_encoder(tmp_path: Path) -> None:
+    out, calls = tmp_path / "out", tmp_path / "calls.txt"
+    py = tmp_path / "codecpy"  # a codec run: the frozen encoder's export first, the final export 3 s later
+    py.write_text('#!/usr/bin/env bash\necho "$@" >> "$CALLS"\n'
+                  f'mkdir -p "{out}/codec/export-frozen"; echo w > "{out}/codec/export-frozen/mimi.safetensors"\n'
+                  f'sleep 3; mkdir -p "{out}/codec/export"; echo w > "{out}/codec/export/mimi.safetensors"\n')
+    py.chmod(0o755)
+    env = {"OPENMOSHI_PYTHON": str(py), "CALLS": str(calls)}
+    r = run("--data-root", str(data_root(tmp_path)), "--out", str(out), "--only", "codec", "--only", "codes",
+            "--threads", "2", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (out / "pipeline.log").read_text()
+    assert log.index("stage codes: done") < log.index("stage codec: done")  # codes did not wait for the decoder
+    assert "in the background, 1 thread" in log and "--threads 1" in calls.read_text()
+    assert str(out / "codec" / "export-frozen") in (out / "logs" / "codes.log").read_text()
+    # codes alone, with no codec training and none finished, is a clear failure rather than a wait
+    r = run("--data-root", str(data_root(tmp_path)), "--out", str(tmp_path / "o2"), "--only", "codes", env=env)
+    assert r.returncode == 1 and "the codec stage is not running" in r.stderr
