@@ -43,7 +43,7 @@ def test_codec_preset_takes_a_step() -> None:
     t = torch.arange(2 * 1920 * 4) / 24_000
     wav = (0.1 * torch.sin(2 * torch.pi * 220 * t) * torch.sin(2 * torch.pi * 3 * t)).view(1, 1, -1).repeat(2, 1, 1)
     teacher = torch.randn(2, 16, 384)  # [B, F_t, 384] Whisper-like features at 50 Hz (distillation on)
-    metrics = codec_step(parts, optims, CodecBatch(wav, teacher), cfg.loss)
+    metrics = codec_step(parts, optims, CodecBatch(wav, teacher), cfg.loss, step=0)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert "distillation" in metrics and metrics["mel"] > 0
     assert not torch.equal(before, next(mimi.encoder.parameters()))
