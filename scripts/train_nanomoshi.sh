@@ -128,7 +128,7 @@ run_codes() {  # wait for the frozen encoder's export (or the whole codec) while
   until done_codes; do
     codec_running || { echo "codes: the codec stage is not running (select it too)"; return 1; }
     [ $((waited % 600)) = 0 ] && echo "codes: waiting for $OUT/codec/export-frozen/ (the codec's encoder to freeze)"
-    sleep 10; waited=$((waited + 10))
+    sleep 2; waited=$((waited + 2))
   done
   echo "codes: $(codes_export)"
 }
@@ -265,12 +265,19 @@ finish_codec() {  # wait for the background codec, log its end; a failed codec s
   local rc=0
   wait "$CODEC_PID" || rc=$?
   CODEC_PID=""
+  if [ "$rc" != 0 ]; then  # (its own line in pipeline.log says when it ended)
+    tail -n 20 "$OUT/logs/codec.log" >&2
+    exit 1
+  fi
+}
+background_codec() {  # the codec stage in a subshell, which logs its own end (the driver may be mid-stage then)
+  local rc=0
+  STAGE_THREADS=$CODEC_THREADS run_codec >> "$OUT/logs/codec.log" 2>&1 || rc=$?
   if [ "$rc" = 0 ] && done_codec; then
     log "stage codec: done in $(( $(date +%s) - CODEC_START )) s"
   else
     log "stage codec: FAILED after $(( $(date +%s) - CODEC_START )) s (see $OUT/logs/codec.log)"
-    tail -n 20 "$OUT/logs/codec.log" >&2
-    exit 1
+    return 1
   fi
 }
 # a stopped or failed pipeline stops its background codec too (it resumes from its checkpoint next time)
@@ -291,7 +298,7 @@ for stage in "${STAGES[@]}"; do
   if [ "$stage" = codec ]; then
     log "stage codec: start (in the background, $CODEC_THREADS thread(s); its log: $OUT/logs/codec.log)"
     CODEC_START=$(date +%s)
-    STAGE_THREADS=$CODEC_THREADS run_codec >> "$OUT/logs/codec.log" 2>&1 &
+    background_codec &
     CODEC_PID=$!
     continue
   fi

@@ -170,10 +170,10 @@ def test_prepare_runs_one_rank_per_thread_then_writes_the_index(tmp_path: Path) 
 
 def test_the_codec_trains_in_the_background_and_codes_come_from_its_frozen_encoder(tmp_path: Path) -> None:
     out, calls = tmp_path / "out", tmp_path / "calls.txt"
-    py = tmp_path / "codecpy"  # a codec run: the frozen encoder's export first, the final export 3 s later
+    py = tmp_path / "codecpy"  # a codec run: the frozen encoder's export first, the final export 5 s later
     py.write_text('#!/usr/bin/env bash\necho "$@" >> "$CALLS"\n'
                   f'mkdir -p "{out}/codec/export-frozen"; echo w > "{out}/codec/export-frozen/mimi.safetensors"\n'
-                  f'sleep 3; mkdir -p "{out}/codec/export"; echo w > "{out}/codec/export/mimi.safetensors"\n')
+                  f'sleep 5; mkdir -p "{out}/codec/export"; echo w > "{out}/codec/export/mimi.safetensors"\n')
     py.chmod(0o755)
     env = {"OPENMOSHI_PYTHON": str(py), "CALLS": str(calls)}
     r = run("--data-root", str(data_root(tmp_path)), "--out", str(out), "--only", "codec", "--only", "codes",
