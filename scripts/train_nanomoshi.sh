@@ -250,69 +250,75 @@ EOF
 }
 
 # ---- the driver ---------------------------------------------------------------------------------------------
-[ "$DRY" = 1 ] || mkdir -p "$OUT/logs"
-cd "$ROOT"
-log "nanomoshi: data $DATA_ROOT, out $OUT, codec $CODEC_STEPS steps, LM $PRE_STEPS + $POST_STEPS steps"
-CODEC_PID=""
-CODEC_START=0
-# the codec's share of the threads while it trains in the background (on 2 cores one thread trains it as fast
-# as two: its small convolutions do not parallelise), the other stages take the rest
-CODEC_THREADS=$(( THREADS > 2 ? THREADS / 2 : 1 ))
-codec_running() { [ -n "$CODEC_PID" ] && kill -0 "$CODEC_PID" 2>/dev/null; }
-reap_codec() { if [ -n "$CODEC_PID" ] && ! codec_running; then finish_codec; fi; }
-finish_codec() {  # wait for the background codec, log its end; a failed codec stops the pipeline
-  [ -n "$CODEC_PID" ] || return 0
-  local rc=0
-  wait "$CODEC_PID" || rc=$?
+# (in a function, called on the last line with its exit: bash then has read the whole file before running any
+# of it, so editing the script while a run is going cannot derail that run)
+main() {
+  [ "$DRY" = 1 ] || mkdir -p "$OUT/logs"
+  cd "$ROOT"
+  log "nanomoshi: data $DATA_ROOT, out $OUT, codec $CODEC_STEPS steps, LM $PRE_STEPS + $POST_STEPS steps"
   CODEC_PID=""
-  if [ "$rc" != 0 ]; then  # (its own line in pipeline.log says when it ended)
-    tail -n 20 "$OUT/logs/codec.log" >&2
-    exit 1
-  fi
-}
-background_codec() {  # the codec stage in a subshell, which logs its own end (the driver may be mid-stage then)
-  local rc=0
-  STAGE_THREADS=$CODEC_THREADS run_codec >> "$OUT/logs/codec.log" 2>&1 || rc=$?
-  if [ "$rc" = 0 ] && done_codec; then
-    log "stage codec: done in $(( $(date +%s) - CODEC_START )) s"
-  else
-    log "stage codec: FAILED after $(( $(date +%s) - CODEC_START )) s (see $OUT/logs/codec.log)"
-    return 1
-  fi
-}
-# a stopped or failed pipeline stops its background codec too (it resumes from its checkpoint next time)
-trap 'if codec_running; then kill -TERM "$CODEC_PID" 2>/dev/null; pkill -TERM -P "$CODEC_PID" 2>/dev/null; fi' EXIT
-for stage in "${STAGES[@]}"; do
-  reap_codec
-  STAGE_THREADS=$THREADS
-  codec_running && STAGE_THREADS=$(( THREADS > CODEC_THREADS ? THREADS - CODEC_THREADS : 1 ))
-  if ! wanted "$stage"; then
-    log "stage $stage: not selected"; continue
-  fi
-  if "done_$stage"; then
-    log "stage $stage: complete, skipped"; continue
-  fi
-  if [ "$DRY" = 1 ]; then
-    log "stage $stage: would run"; continue
-  fi
-  if [ "$stage" = codec ]; then
-    log "stage codec: start (in the background, $CODEC_THREADS thread(s); its log: $OUT/logs/codec.log)"
-    CODEC_START=$(date +%s)
-    background_codec &
-    CODEC_PID=$!
-    continue
-  fi
-  if [ "$stage" = export ]; then finish_codec; fi  # the shipped codec is the finished one
-  log "stage $stage: start"
-  start=$(date +%s)
-  if ! "run_$stage" >> "$OUT/logs/$stage.log" 2>&1; then
+  CODEC_START=0
+  # the codec's share of the threads while it trains in the background (on 2 cores one thread trains it as fast
+  # as two: its small convolutions do not parallelise), the other stages take the rest
+  CODEC_THREADS=$(( THREADS > 2 ? THREADS / 2 : 1 ))
+  codec_running() { [ -n "$CODEC_PID" ] && kill -0 "$CODEC_PID" 2>/dev/null; }
+  reap_codec() { if [ -n "$CODEC_PID" ] && ! codec_running; then finish_codec; fi; }
+  finish_codec() {  # wait for the background codec, log its end; a failed codec stops the pipeline
+    [ -n "$CODEC_PID" ] || return 0
+    local rc=0
+    wait "$CODEC_PID" || rc=$?
+    CODEC_PID=""
+    if [ "$rc" != 0 ]; then  # (its own line in pipeline.log says when it ended)
+      tail -n 20 "$OUT/logs/codec.log" >&2
+      exit 1
+    fi
+  }
+  background_codec() {  # the codec stage in a subshell, which logs its own end (the driver may be mid-stage then)
+    local rc=0
+    STAGE_THREADS=$CODEC_THREADS run_codec >> "$OUT/logs/codec.log" 2>&1 || rc=$?
+    if [ "$rc" = 0 ] && done_codec; then
+      log "stage codec: done in $(( $(date +%s) - CODEC_START )) s"
+    else
+      log "stage codec: FAILED after $(( $(date +%s) - CODEC_START )) s (see $OUT/logs/codec.log)"
+      return 1
+    fi
+  }
+  # a stopped or failed pipeline stops its background codec too (it resumes from its checkpoint next time)
+  trap 'if codec_running; then kill -TERM "$CODEC_PID" 2>/dev/null; pkill -TERM -P "$CODEC_PID" 2>/dev/null; fi' EXIT
+  for stage in "${STAGES[@]}"; do
     reap_codec
-    log "stage $stage: FAILED after $(( $(date +%s) - start )) s (see $OUT/logs/$stage.log)"
-    tail -n 20 "$OUT/logs/$stage.log" >&2
-    exit 1
-  fi
-  "done_$stage" || { log "stage $stage: ran but its output is missing (see $OUT/logs/$stage.log)"; exit 1; }
-  log "stage $stage: done in $(( $(date +%s) - start )) s"
-done
-finish_codec  # a codec still training (e.g. --only codec) finishes first
-if [ "$DRY" = 1 ]; then log "nanomoshi: dry run, nothing done"; else log "nanomoshi: the selected stages are done (model folder: $OUT/export)"; fi
+    STAGE_THREADS=$THREADS
+    codec_running && STAGE_THREADS=$(( THREADS > CODEC_THREADS ? THREADS - CODEC_THREADS : 1 ))
+    if ! wanted "$stage"; then
+      log "stage $stage: not selected"; continue
+    fi
+    if "done_$stage"; then
+      log "stage $stage: complete, skipped"; continue
+    fi
+    if [ "$DRY" = 1 ]; then
+      log "stage $stage: would run"; continue
+    fi
+    if [ "$stage" = codec ]; then
+      log "stage codec: start (in the background, $CODEC_THREADS thread(s); its log: $OUT/logs/codec.log)"
+      CODEC_START=$(date +%s)
+      background_codec &
+      CODEC_PID=$!
+      continue
+    fi
+    if [ "$stage" = export ]; then finish_codec; fi  # the shipped codec is the finished one
+    log "stage $stage: start"
+    start=$(date +%s)
+    if ! "run_$stage" >> "$OUT/logs/$stage.log" 2>&1; then
+      reap_codec
+      log "stage $stage: FAILED after $(( $(date +%s) - start )) s (see $OUT/logs/$stage.log)"
+      tail -n 20 "$OUT/logs/$stage.log" >&2
+      exit 1
+    fi
+    "done_$stage" || { log "stage $stage: ran but its output is missing (see $OUT/logs/$stage.log)"; exit 1; }
+    log "stage $stage: done in $(( $(date +%s) - start )) s"
+  done
+  finish_codec  # a codec still training (e.g. --only codec) finishes first
+  if [ "$DRY" = 1 ]; then log "nanomoshi: dry run, nothing done"; else log "nanomoshi: the selected stages are done (model folder: $OUT/export)"; fi
+}
+
+main "$@"; exit $?

@@ -186,3 +186,28 @@ def test_the_codec_trains_in_the_background_and_codes_come_from_its_frozen_encod
     # codes alone, with no codec training and none finished, is a clear failure rather than a wait
     r = run("--data-root", str(data_root(tmp_path)), "--out", str(tmp_path / "o2"), "--only", "codes", env=env)
     assert r.returncode == 1 and "the codec stage is not running" in r.stderr
+
+
+def test_editing_the_script_while_it_runs_does_not_derail_the_run(tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "train_nanomoshi.sh"
+    shutil.copyfile(SCRIPT, script)
+    out = tmp_path / "out"
+    py = tmp_path / "codecpy"
+    py.write_text(f'#!/usr/bin/env bash\nmkdir -p "{out}/codec/export-frozen" "{out}/codec/export"\n'
+                  f'echo w > "{out}/codec/export-frozen/mimi.safetensors"; sleep 3\n'
+                  f'echo w > "{out}/codec/export/mimi.safetensors"\n')
+    py.chmod(0o755)
+    proc = subprocess.Popen(["bash", str(script), "--data-root", str(data_root(tmp_path)), "--out", str(out),
+                             "--only", "codec", "--only", "codes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OPENMOSHI_PYTHON": str(py)})
+    time.sleep(1.5)  # mid-run: shift every byte of the file (a new header) and change its end
+    text = script.read_text()
+    script.write_text("#!/usr/bin/env bash\n" + "# an edit made while a run is going\n" * 40 + text[20:]
+                      + "echo 'this line was not there when the run started'\n")
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout + stderr
+    assert "the selected stages are done" in stdout and "was not there" not in stdout
