@@ -23,15 +23,17 @@ from torch import Tensor
 
 from ..codec.checkpoint import to_kyutai_state
 
-__all__ = ["CONFIG_NAME", "ENCODER_SIDE", "WEIGHTS_NAME", "codes_differ", "export_codec", "mimi_overrides"]
+__all__ = ["CONFIG_NAME", "ENCODER_MODULES", "ENCODER_SIDE", "WEIGHTS_NAME", "codes_differ", "export_codec", "mimi_overrides"]
 
 if TYPE_CHECKING:
     from ..codec.mimi import MimiConfig
 
 WEIGHTS_NAME = "mimi.safetensors"
 CONFIG_NAME = "config.json"
-# What makes the codes, in Kyutai's names: the encoder, its transformer, the downsampling, the quantizer.
-ENCODER_SIDE = ("encoder.", "encoder_transformer.", "downsample.", "quantizer.")
+# The modules that make the codes (the encoder, its transformer, the downsampling, the quantizer): our attribute
+# names, which are also the top-level prefixes of Kyutai's tensor names.
+ENCODER_MODULES = ("encoder", "encoder_transformer", "downsample", "quantizer")
+ENCODER_SIDE = tuple(f"{name}." for name in ENCODER_MODULES)
 
 
 def mimi_overrides(cfg: MimiConfig) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .balancer import Balancer
+from .codec_export import ENCODER_MODULES
 from .codec_losses import (
     MelLossConfig,
     MultiScaleMelLoss,
@@ -238,7 +239,7 @@ def codec_step(parts: CodecParts, optims: CodecOptimizers, batch: CodecBatch, cf
 def encoder_side(mimi: nn.Module) -> list[nn.Module]:
     """The modules that make the codes: what `encoder_frozen_from` freezes (the quantizer holds the codebooks,
     which the decoder side reads too, so they stay as they are)."""
-    return [mimi.encoder, mimi.encoder_transformer, mimi.downsample, mimi.quantizer]
+    return [getattr(mimi, name) for name in ENCODER_MODULES]
 
 
 @torch.no_grad()
