@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ..codec.checkpoint import to_kyutai_state
 
-__all__ = ["CONFIG_NAME", "ENCODER_MODULES", "ENCODER_SIDE", "WEIGHTS_NAME", "codes_differ", "export_codec", "mimi_overrides"]
+__all__ = ["CONFIG_NAME", "ENCODER_MODULES", "ENCODER_SIDE", "WEIGHTS_NAME", "codes_differ", "export_codec",
+           "mimi_overrides"]
 
 if TYPE_CHECKING:
     from ..codec.mimi import MimiConfig
