@@ -39,10 +39,12 @@ Split = Literal["train", "val"]
 @dataclass
 class LMBatch:
     """codes: LongTensor [B, K, T] (K = 1 + Moshi's codebooks + the user's); text_only: no audio row holds a
-    token."""
+    token; user_text: LongTensor [B, T], the user's words on the same grid (-1 = none: mono, text-only, padding),
+    when the loader was asked for it (`LoaderConfig.user_text`), else None."""
 
     codes: torch.Tensor
     text_only: bool = False
+    user_text: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class LoaderConfig:
     val_share: float = 0.0  # share of conversations held out for validation
     rank: int = 0
     world_size: int = 1
+    user_text: bool = False  # also give each batch the user's words (`LMBatch.user_text`)
 
     def __post_init__(self) -> None:
         problems = []
@@ -133,7 +136,7 @@ class LMDataLoader:
     # ---- resumption ------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
         """The data and the settings that decide the batches, except rank, world size and batch size."""
-        shape = ("rank", "world_size", "batch_size")
+        shape = ("rank", "world_size", "batch_size", "user_text")  # user_text changes no crop
         settings = {k: v for k, v in asdict(self.cfg).items() if k not in shape}
         desc = repr((settings, self.split, [(c, i.source, i.offset, i.length) for c, i in self.items],
                      [(c, i.source, i.length) for c, i in self.text]))
@@ -161,11 +164,13 @@ class LMDataLoader:
     def _array(self, chunk: str, kind: str) -> np.ndarray:
         key = (chunk, kind)
         if key not in self._arrays:
-            self._arrays[key] = self.index.audio_array(chunk) if kind == "audio" else self.index.text_array(chunk)
+            read = {"audio": self.index.audio_array, "text": self.index.text_array,
+                    "user_text": self.index.user_text_array}[kind]
+            self._arrays[key] = read(chunk)
         return self._arrays[key]
 
-    def _crop(self, position: int, start: int, out: np.ndarray) -> None:
-        """Frames [start, start + T) of item `position` into out [K, T] (already -1)."""
+    def _crop(self, position: int, start: int, out: np.ndarray, user: np.ndarray | None = None) -> None:
+        """Frames [start, start + T) of item `position` into out [K, T] and user [T] (both already -1)."""
         chunk, item = self.items[position]
         stop = min(item.length, start + self.cfg.frames)
         rows = np.asarray(self._array(chunk, "audio")[item.offset + start:item.offset + stop])  # [t, 1 + 2Q]
@@ -174,6 +179,8 @@ class LMDataLoader:
         out[0, :t] = rows[:, 0]
         out[1:1 + m, :t] = rows[:, 1:1 + m].T
         out[1 + m:, :t] = rows[:, 1 + q:1 + q + u].T
+        if user is not None:
+            user[:t] = self._array(chunk, "user_text")[item.offset + start:item.offset + stop]
 
     def _text_window(self, start: int, out: np.ndarray) -> None:
         """Packed text tokens [start, start + T) into out[0]."""
@@ -233,13 +240,15 @@ class LMDataLoader:
         rng = np.random.default_rng([self.cfg.seed, 3, step, self.cfg.rank])
         for r in range(b):
             self._text_window(int(rng.integers(0, max(1, total - t + 1))), codes[r])
-        return LMBatch(torch.from_numpy(codes), text_only=True)
+        user = torch.full((b, t), -1, dtype=torch.long) if self.cfg.user_text else None
+        return LMBatch(torch.from_numpy(codes), text_only=True, user_text=user)
 
     def _audio_batch(self, crops: list[tuple[int, int]]) -> LMBatch:
         codes = np.full((len(crops), self.cfg.num_streams, self.cfg.frames), -1, dtype=np.int64)
+        user = np.full((len(crops), self.cfg.frames), -1, dtype=np.int64) if self.cfg.user_text else None
         for r, (p, start) in enumerate(crops):
-            self._crop(p, start, codes[r])
-        return LMBatch(torch.from_numpy(codes))
+            self._crop(p, start, codes[r], None if user is None else user[r])
+        return LMBatch(torch.from_numpy(codes), user_text=None if user is None else torch.from_numpy(user))
 
     def __iter__(self) -> Iterator[LMBatch]:
         if self.split == "val":

@@ -248,3 +248,10 @@ def moshi_words(words: list[Word], channels: int, main_speaker: str = MAIN_SPEAK
     if channels == 1:
         return list(words)
     return [w for w in words if w.speaker == main_speaker]
+
+
+def user_words(words: list[Word], channels: int, main_speaker: str = MAIN_SPEAKER) -> list[Word]:
+    """The user's words of a conversation (2 channels): everyone's but SPEAKER_MAIN's; none in mono."""
+    if channels == 1:
+        return []
+    return [w for w in words if w.speaker != main_speaker]

@@ -34,11 +34,13 @@ from .manifest import (
     read_channels,
     read_sidecar,
     read_text_file,
+    user_words,
 )
 from .shards import (
     CHUNK_DIR,
     FORMAT,
     INDEX_NAME,
+    VERSION,
     ChunkRecord,
     Identity,
     Item,
@@ -110,7 +112,7 @@ def _stat(path: Path) -> list[int]:
 def _fingerprint(entries: list[ManifestEntry], identity: Identity) -> str:
     rows = [[e.kind, e.raw_path, str(e.path), e.duration, _stat(e.path),
              _stat(e.sidecar) if e.kind == "audio" else None] for e in entries]
-    blob = json.dumps({"identity": identity.to_dict(), "entries": rows}, sort_keys=True)
+    blob = json.dumps({"identity": identity.to_dict(), "entries": rows, "version": VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -163,8 +165,9 @@ def _batches(entries: list[tuple[ManifestEntry, int, int]], options: PrepareOpti
 
 
 def _prepare_audio(codec: Codec, batch: list[tuple[ManifestEntry, int, int]], options: PrepareOptions, bar
-                   ) -> dict[int, tuple[np.ndarray, int]]:
-    """entry index -> (its grid [F, 1 + 2Q] int32, its channel count)."""
+                   ) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
+    """entry index -> (its grid [F, 1 + 2Q] int32, the user's words on the grid [F] int32 (-1 in mono), its
+    channel count)."""
     mimi, ident = codec.mimi, codec.identity
     q = ident.codebooks
     signals = [read_channels(e.path, mimi.sample_rate) for e, _, _ in batch]
@@ -182,12 +185,18 @@ def _prepare_audio(codec: Codec, batch: list[tuple[ManifestEntry, int, int]], op
         frames = mine[0].shape[-1]
         grid = np.full((frames, 1 + 2 * q), -1, dtype=np.int32)
         words, _ = read_sidecar(entry.sidecar)
-        grid[:, 0] = text_stream(moshi_words(words, len(signal), ident.main_speaker), frames, ident.frame_rate,
-                                 codec.tokenizer.encode, ident.text_pad_id, ident.text_epad_id)
+
+        def on_grid(chosen: list, frames: int = frames) -> np.ndarray:
+            return text_stream(chosen, frames, ident.frame_rate, codec.tokenizer.encode, ident.text_pad_id,
+                               ident.text_epad_id)
+
+        grid[:, 0] = on_grid(moshi_words(words, len(signal), ident.main_speaker))
         grid[:, 1:1 + q] = mine[0].T
+        user = np.full(frames, -1, dtype=np.int32)
         if len(mine) == 2:
             grid[:, 1 + q:] = mine[1].T
-        out[entry.index] = (grid, len(signal))
+            user = on_grid(user_words(words, len(signal), ident.main_speaker))
+        out[entry.index] = (grid, user, len(signal))
     return out
 
 
@@ -205,18 +214,19 @@ def _prepare_chunk(codec: Codec, name: str, entries: list[ManifestEntry], finger
                    options: PrepareOptions, bar) -> None:
     rate = codec.mimi.sample_rate
     audio = _headers(entries, rate)
-    grids: dict[int, tuple[np.ndarray, int]] = {}
+    grids: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
     for batch in _batches(audio, options, rate):
         grids.update(_prepare_audio(codec, batch, options, bar))
     record = ChunkRecord(name, fingerprint)
-    parts, texts = [], []
+    parts, users, texts = [], [], []
     frame_offset = token_offset = 0
     for e in entries:  # manifest order inside the chunk
         if e.kind == "audio":
-            grid, channels = grids[e.index]
+            grid, user, channels = grids[e.index]
             record.items.append(Item("stereo" if channels == 2 else "mono", e.raw_path, e.line, frame_offset,
                                      len(grid), len(grid) / codec.identity.frame_rate))
             parts.append(grid)
+            users.append(user)
             frame_offset += len(grid)
         else:
             tokens = [t for line in read_text_file(e.path) for t in codec.tokenizer.encode(line)]
@@ -224,8 +234,9 @@ def _prepare_chunk(codec: Codec, name: str, entries: list[ManifestEntry], finger
             texts.append(np.asarray(tokens, dtype=np.int32))
             token_offset += len(tokens)
     audio_arr = np.concatenate(parts) if parts else None
+    user_arr = np.concatenate(users) if users else None
     text_arr = np.concatenate(texts) if texts else None
-    write_chunk(out, record, codec.identity, audio_arr, text_arr)
+    write_chunk(out, record, codec.identity, audio_arr, text_arr, user_arr)
 
 
 def _select(manifest: Path, options: PrepareOptions) -> tuple[list[ManifestEntry], list[str]]:

@@ -8,6 +8,8 @@ Layout of OUT/ (docs/data.md):
 - `chunks/chunk-NNNNNN.audio.npy`: int32 [F, 1 + 2Q], the chunk's audio entries one after another on the frame
   grid (time-major, so a crop is one contiguous block): column 0 = Moshi's text stream, 1..Q = Moshi's Mimi
   codes, Q+1..2Q = the user's (-1 for single-stream speech);
+- `chunks/chunk-NNNNNN.user_text.npy`: int32 [F], the same rows' USER words laid on the grid by the text-stream
+  rule (-1 for single-stream speech): the target of the trainer's auxiliary transcript loss, never an input;
 - `chunks/chunk-NNNNNN.text.npy`: int32 [N], the chunk's text files' tokens, packed (only if it has any);
 - `chunks/chunk-NNNNNN.json`: the chunk's items (kind, source, offset, length, duration), its fingerprint (the
   entries and their files' sizes and times, plus the model identity): written last, its presence = done;
@@ -28,7 +30,7 @@ import numpy as np
 from ..io_safety import atomic_output, write_text
 
 FORMAT = "openmoshi-lm-data"
-VERSION = 1
+VERSION = 2  # 2: the user_text arrays
 INDEX_NAME = "index.json"
 CHUNK_DIR = "chunks"
 
@@ -105,17 +107,26 @@ def chunk_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:
     return base.with_name(f"{name}.audio.npy"), base.with_name(f"{name}.text.npy"), base.with_name(f"{name}.json")
 
 
+def user_text_path(folder: Path, name: str) -> Path:
+    """The chunk's user-words array (beside its audio array)."""
+    return folder / CHUNK_DIR / f"{name}.user_text.npy"
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_output(path) as f:
         np.save(f, array, allow_pickle=False)
 
 
 def write_chunk(folder: Path, record: ChunkRecord, identity: Identity, audio: np.ndarray | None,
-                text: np.ndarray | None) -> None:
-    """The chunk's arrays, then its record (last: its presence marks the chunk done)."""
+                text: np.ndarray | None, user_text: np.ndarray | None = None) -> None:
+    """The chunk's arrays, then its record (last: its presence marks the chunk done). `user_text` [F] goes with
+    `audio` [F, 1 + 2Q] (both or neither)."""
     audio_path, text_path, record_path = chunk_paths(folder, record.name)
+    if (audio is None) != (user_text is None) or (audio is not None and len(audio) != len(user_text)):
+        raise ValueError("a chunk's user_text must have one row per audio row")
     if audio is not None:
         save_npy(audio_path, audio.astype(np.int32, copy=False))
+        save_npy(user_text_path(folder, record.name), user_text.astype(np.int32, copy=False))
     if text is not None:
         save_npy(text_path, text.astype(np.int32, copy=False))
     write_text(record_path, json.dumps({"identity": identity.to_dict(), **record.to_dict()}, indent=1))
@@ -153,6 +164,10 @@ class PreparedIndex:
     def audio_array(self, chunk: str) -> np.ndarray:
         """The chunk's audio array [F, 1 + 2Q], memory-mapped (read-only)."""
         return _load(chunk_paths(self.folder, chunk)[0])
+
+    def user_text_array(self, chunk: str) -> np.ndarray:
+        """The chunk's user words on the grid [F] (rows as in `audio_array`), memory-mapped (read-only)."""
+        return _load(user_text_path(self.folder, chunk))
 
     def text_array(self, chunk: str) -> np.ndarray:
         """The chunk's packed text tokens [N], memory-mapped (read-only)."""

@@ -49,7 +49,7 @@ class LMLoss:
     audio: torch.Tensor
 
 
-def _weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum(w * ce) / sum(w) over entries with w > 0: logits [..., V], targets [...], weights [...] (0 = ignored)."""
     valid = weights > 0
     safe_logits = torch.where(valid[..., None], logits, torch.zeros((), dtype=logits.dtype, device=logits.device))
@@ -76,7 +76,7 @@ def lm_loss(output: LMOutput, codes: torch.Tensor, config: LossConfig | None = N
     for pad_id in config.text_padding_ids:
         is_pad |= text_targets == pad_id
     text_w = torch.where(is_pad, config.text_padding_weight, 1.0) * output.text_mask
-    text = _weighted_ce(output.text_logits, text_targets, text_w)
+    text = weighted_ce(output.text_logits, text_targets, text_w)
 
     scored = list(range(dep_q)) if config.audio_codebooks is None else list(config.audio_codebooks)
     if not scored or any(not 0 <= k < dep_q for k in scored) or len(set(scored)) != len(scored):
@@ -85,5 +85,5 @@ def lm_loss(output: LMOutput, codes: torch.Tensor, config: LossConfig | None = N
                      device=codes.device)
     idx = torch.tensor(scored, device=codes.device)
     audio_w = a[None, :, None] * output.audio_mask[:, idx]
-    audio = _weighted_ce(output.audio_logits[:, idx], codes[:, 1:][:, idx], audio_w)
+    audio = weighted_ce(output.audio_logits[:, idx], codes[:, 1:][:, idx], audio_w)
     return LMLoss(text + audio, text, audio)

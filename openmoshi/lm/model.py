@@ -34,12 +34,16 @@ class LMOutput:
     text_logits [B, 1, T, text_card], text_mask [B, 1, T]; audio_logits [B, dep_q, T, card],
     audio_mask [B, dep_q, T]. Masked positions (no valid target) hold 0 logits (never NaN, so a loss that
     multiplies by the mask stays finite; `lm.loss` selects the valid positions anyway).
+    hidden [B, T, D]: the temporal transformer's output (after out_norm) that made the text logits, on the
+    delayed grid of the text stream (the same grid when its delay is 0): position t has read the inputs of
+    steps < t. Training-only heads (the trainer's user-transcript loss) read it.
     """
 
     text_logits: torch.Tensor
     text_mask: torch.Tensor
     audio_logits: torch.Tensor
     audio_mask: torch.Tensor
+    hidden: torch.Tensor | None = None
 
 
 class LMModel(nn.Module):
@@ -134,4 +138,4 @@ class LMModel(nn.Module):
         audio_mask &= codes[:, 1 : cfg.dep_q + 1] != -1
         text_logits = text_logits.masked_fill(~text_mask[..., None], 0.0)
         audio_logits = audio_logits.masked_fill(~audio_mask[..., None], 0.0)
-        return LMOutput(text_logits, text_mask, audio_logits, audio_mask)
+        return LMOutput(text_logits, text_mask, audio_logits, audio_mask, h)

@@ -16,6 +16,7 @@ and `model.*` is ignored; everything else comes from the preset.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,7 +43,10 @@ class LMLossSection:
     "all" every generated codebook (a model with dep_q = n_q that also predicts the user).
     `acoustic_delay` None keeps the model's delays; an integer sets every acoustic codebook's delay (text and
     semantic codebooks stay at 0). `text_mask_prob`: share of sequences whose text stream is removed (no input,
-    no target). `text_only_share`: share of steps whose batch keeps the text stream alone (audio removed)."""
+    no target). `text_only_share`: share of steps whose batch keeps the text stream alone (audio removed).
+    `user_text_weight` (0 = off): the auxiliary user-transcript loss (`lm_user_text.py`, training only), asked
+    `user_text_delay` frames after each of the user's word pieces; it needs the data's user words (prepared
+    data, or the synthetic set)."""
 
     semantic_weight: float = 100.0
     acoustic_weight: float = 1.0
@@ -51,8 +55,14 @@ class LMLossSection:
     acoustic_delay: int | None = None
     text_mask_prob: float = 0.0
     text_only_share: float = 0.0
+    user_text_weight: float = 0.0
+    user_text_delay: int = 6
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.user_text_weight) and self.user_text_weight >= 0):
+            raise ValueError(f"loss.user_text_weight must be a finite number >= 0, got {self.user_text_weight}")
+        if self.user_text_delay < 0:
+            raise ValueError(f"loss.user_text_delay must be >= 0, got {self.user_text_delay}")
         for name in ("text_mask_prob", "text_only_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -193,11 +203,12 @@ NANO_LM = dict(
 
 def nano() -> LMTrainConfig:
     """nanomoshi's first stage, from scratch: acoustic delay 2 and the text stream masked in 30% of the
-    sequences (FACTS.md's pre-training recipe), on whatever the data is (the synthetic dialogues)."""
+    sequences (FACTS.md's pre-training recipe), on whatever the data is (the synthetic dialogues), with the
+    auxiliary user-transcript loss (a model this small otherwise never learns what the user asked)."""
     return LMTrainConfig(
         model=LMArchConfig("tiny", overrides={k: (list(v) if isinstance(v, tuple) else v)
                                               for k, v in NANO_LM.items()}),
-        loss=LMLossSection(codebooks="moshi", acoustic_delay=2, text_mask_prob=0.3),
+        loss=LMLossSection(codebooks="moshi", acoustic_delay=2, text_mask_prob=0.3, user_text_weight=1.0),
         optim=_optim(1e-3, 2e-3, grad_clip=1.0),
         schedule=ScheduleConfig("cosine", warmup_steps=100, min_lr_ratio=0.1),
         train=LoopConfig(steps=800, batch_size=8, log_every=10, val_every=200, val_batches=4,
@@ -210,7 +221,7 @@ def nano_post() -> LMTrainConfig:
     """nanomoshi's second stage (`--model` = the first stage's export): the dialogues with acoustic delay 1 and
     the whole text stream (FACTS.md's post-training), at a lower learning rate."""
     cfg = nano()
-    cfg.loss = LMLossSection(codebooks="moshi", acoustic_delay=1)
+    cfg.loss = LMLossSection(codebooks="moshi", acoustic_delay=1, user_text_weight=1.0)
     cfg.optim = _optim(5e-4, 1e-3, grad_clip=1.0)
     cfg.schedule = ScheduleConfig("cosine", warmup_steps=50, min_lr_ratio=0.05)
     cfg.train.steps = 1600

@@ -50,11 +50,14 @@ class SyntheticLMData:
     """
 
     def __init__(self, cfg: LMConfig, batch_size: int, seq_frames: int, *, grad_accum: int = 1, rank: int = 0,
-                 world_size: int = 1, num_sequences: int = 8, seed: int = 0, text_only_share: float = 0.0) -> None:
+                 world_size: int = 1, num_sequences: int = 8, seed: int = 0, text_only_share: float = 0.0,
+                 user_text: bool = False) -> None:
         if batch_size % (world_size * grad_accum):
             raise ValueError(f"batch size {batch_size} is not a multiple of world size x grad accumulation "
                              f"({world_size} x {grad_accum})")
         self.sequences = random_sequences(cfg, num_sequences, seq_frames, seed)
+        # the user's words: another random text stream (the synthetic audio says nothing anyway)
+        self.user_text = random_sequences(cfg, num_sequences, seq_frames, seed + 7919)[:, 0] if user_text else None
         self.batch_size, self.accum, self.rank, self.world = batch_size, grad_accum, rank, world_size
         self.micro = batch_size // (world_size * grad_accum)
         self.seed, self.text_only_share = seed, text_only_share
@@ -75,9 +78,12 @@ class SyntheticLMData:
             self.position += 1
             codes = self.sequences[rows].clone()
             text_only = is_text_only_step(self.seed, step, self.text_only_share)
+            user = None if self.user_text is None else self.user_text[rows].clone()
             if text_only:  # the text stream alone (a stand-in for text data: the same words, no audio)
                 codes[:, 1:] = -1
-            yield LMBatch(codes=codes, text_only=text_only)
+                if user is not None:
+                    user[:] = -1
+            yield LMBatch(codes=codes, text_only=text_only, user_text=user)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.position // self.accum, "micro": self.position % self.accum}
@@ -89,20 +95,23 @@ class SyntheticLMData:
 
 def build_lm_data(cfg: LMConfig, *, split: str, batch_size: int, seq_frames: int, grad_accum: int, rank: int,
                   world_size: int, seed: int, text_only_share: float = 0.0, val_share: float = 0.05,
-                  prepared: Any = None, synthetic: bool = False):
+                  prepared: Any = None, synthetic: bool = False, user_text: bool = False):
     """This rank's batch iterable for `split` ("train" or "val"): synthetic, or the loader over `prepared` (the
-    `PreparedIndex` of `prepare_lm_data`). `batch_size` is the global batch."""
+    `PreparedIndex` of `prepare_lm_data`). `batch_size` is the global batch. `user_text`: batches carry the
+    user's words (`LMBatch.user_text`)."""
     micro = batch_size // (world_size * grad_accum)
     if synthetic:
         # the validation split holds other sequences than the training one
         return SyntheticLMData(cfg, batch_size, seq_frames, grad_accum=grad_accum, rank=rank,
                                world_size=world_size, seed=seed if split == "train" else seed + 1,
-                               text_only_share=text_only_share if split == "train" else 0.0)
+                               text_only_share=text_only_share if split == "train" else 0.0,
+                               user_text=user_text)
     from ..data.loader import LMDataLoader, LoaderConfig
 
     loader_cfg = LoaderConfig.for_model(cfg, batch_size=micro, frames=seq_frames, seed=seed,
                                         text_only_share=text_only_share if split == "train" else 0.0,
-                                        val_share=val_share, rank=rank, world_size=world_size)
+                                        val_share=val_share, rank=rank, world_size=world_size,
+                                        user_text=user_text)
     return LMDataLoader(prepared, loader_cfg, split="train" if split == "train" else "val")
 
 

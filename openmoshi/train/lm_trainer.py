@@ -46,6 +46,7 @@ from .lm_step import (
     loss_config,
     training_lm_config,
 )
+from .lm_user_text import UserTranscriptTask, build_user_transcript
 from .optim import build_adamw, set_lr
 from .parallelize import data_parallel_mesh, lm_blocks, parallelize
 from .run import CONFIG_NAME, MetricsLog, check_run_folder, prepare_run_folder
@@ -110,7 +111,8 @@ def _default_data(cfg: LMTrainConfig, source: ModelSource, d: Dist) -> DataFacto
 
     def factory(split: str, **kw: Any):
         return build_lm_data(source.cfg, split=split, prepared=prepared, synthetic=cfg.data.synthetic,
-                             text_only_share=cfg.loss.text_only_share, val_share=cfg.data.val_share, **kw)
+                             text_only_share=cfg.loss.text_only_share, val_share=cfg.data.val_share,
+                             user_text=cfg.loss.user_text_weight > 0, **kw)
     return factory
 
 
@@ -145,11 +147,16 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
     total, trainable = count_parameters(model)
     say(f"model: {total:,} parameters ({trainable:,} trained) on {d.device}, {d.world_size} process(es)")
     mesh = data_parallel_mesh(d.device, d.world_size) if d.distributed else None
+    aux = build_user_transcript(model, cfg.loss, cfg.optim, mesh)  # training only: never exported
     parallelize(model, lm_blocks(model), activation_checkpointing=t.activation_checkpointing, compile=t.compile,
                 mesh=mesh)
     optimizer = build_adamw(model.named_parameters(), lm_param_groups(cfg.optim), cfg.optim)
     ckpt = CheckpointManager(run / "checkpoints", d, keep=t.keep_checkpoints)
     models, optims = {"lm": model}, {"lm": (model, optimizer)}
+    if aux is not None:
+        say(f"user-transcript loss: weight {aux.weight}, {cfg.loss.user_text_delay} frames late (a training-only "
+            f"head, not exported)")
+        models["user_text"], optims["user_text"] = aux.head, (aux.head, aux.optimizer)
     start = 0
     if resume:
         latest = ckpt.latest()
@@ -174,7 +181,7 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
     metrics = MetricsLog(run, resume_step=start) if d.is_main else None
     loss_cfg = loss_config(source.cfg, cfg.loss)
     result = _loop(cfg, d, model, optimizer, train_data, factory, data_kw, loss_cfg, ckpt, models, optims, start,
-                   metrics, progress)
+                   metrics, progress, aux)
     export = None
     if result["step"] >= t.steps:
         export = _export(cfg, d, model, source, run / "export")
@@ -191,23 +198,28 @@ def _autocast(cfg: LMTrainConfig, device: torch.device):
 
 
 def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg, ckpt, models, optims, start,
-          metrics, progress) -> dict[str, Any]:
+          metrics, progress, aux: UserTranscriptTask | None = None) -> dict[str, Any]:
+    """The steps. "loss" in the metrics is the LM's (text + audio); with `aux` the step also minimises
+    aux.weight x the user-transcript loss, logged as "user_text_loss"."""
     from tqdm import tqdm
 
     t = cfg.train
     it = iter(train_data)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
     last: dict[str, Any] = {}
     val: dict[str, Any] | None = None
-    window = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0, "grad_norm": 0.0, "n": 0, "frames": 0}
+    names = ("loss", "text_loss", "audio_loss") + (("user_text_loss",) if aux is not None else ())
+    window = {**dict.fromkeys(names, 0.0), "grad_norm": 0.0, "n": 0, "frames": 0}
     t0 = time.perf_counter()
     bar = tqdm(total=t.steps, initial=start, disable=not (progress and d.is_main), desc="train lm", unit="step",
                dynamic_ncols=True)
     step = start
     for step in range(start, t.steps):
         lr_mult = set_lr(optimizer, step, t.steps, cfg.schedule)
-        optimizer.zero_grad(set_to_none=True)
-        parts = torch.zeros(3, dtype=torch.float64)
+        for _, opt in optims.values():
+            set_lr(opt, step, t.steps, cfg.schedule)
+            opt.zero_grad(set_to_none=True)
+        parts = torch.zeros(len(names), dtype=torch.float64)
         frames = 0
         for a in range(t.grad_accum):
             batch = next(it)
@@ -215,23 +227,28 @@ def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg
                             getattr(batch, "text_only", False))
             frames += codes.shape[0] * codes.shape[2]
             with _autocast(cfg, d.device):
-                loss, _ = lm_train_loss(model, codes, loss_cfg)
-            (loss.total / t.grad_accum).backward()
-            parts += torch.tensor([loss.total.item(), loss.text.item(), loss.audio.item()],
-                                  dtype=torch.float64) / t.grad_accum
+                loss, out = lm_train_loss(model, codes, loss_cfg)
+                values = [loss.total, loss.text, loss.audio]
+                objective = loss.total
+                if aux is not None:
+                    heard, _, _ = aux(out, batch.user_text)
+                    values.append(heard)
+                    objective = objective + aux.weight * heard
+            (objective / t.grad_accum).backward()
+            parts += torch.tensor([v.item() for v in values], dtype=torch.float64) / t.grad_accum
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))  # 0 = no clipping
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        optimizer.step()
+        for _, opt in optims.values():
+            opt.step()
         window["n"] += 1
         window["frames"] += frames * d.world_size
-        for k, v in zip(("loss", "text_loss", "audio_loss"), parts.tolist(), strict=True):
+        for k, v in zip(names, parts.tolist(), strict=True):
             window[k] += v
         window["grad_norm"] += float(norm)
         done = step + 1
         bar.update(1)
         if done % t.log_every == 0 or done == t.steps:
-            means = all_mean({k: window[k] / window["n"] for k in ("loss", "text_loss", "audio_loss", "grad_norm")},
-                             d)
+            means = all_mean({k: window[k] / window["n"] for k in (*names, "grad_norm")}, d)
             dt = time.perf_counter() - t0
             fps = window["frames"] / dt
             last = {"step": done, "split": "train", **means, "lr": cfg.optim.lr * lr_mult,
@@ -243,7 +260,7 @@ def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg
             window = dict.fromkeys(window, 0.0) | {"n": 0, "frames": 0}
             t0 = time.perf_counter()
         if t.val_every and (done % t.val_every == 0 or done == t.steps):
-            val = _validate(cfg, d, model, factory, data_kw, loss_cfg, done)
+            val = _validate(cfg, d, model, factory, data_kw, loss_cfg, done, aux)
             if metrics is not None:
                 metrics.log(val)
                 metrics.plot()
@@ -256,11 +273,13 @@ def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg
 
 
 @torch.no_grad()
-def _validate(cfg, d: Dist, model, factory, data_kw, loss_cfg, step: int) -> dict[str, Any]:
-    """Held-out loss and top-1 accuracies (text, semantic, acoustic) over `val_batches` global batches (each rank
-    its grad_accum micro-batches of each), the same batches every time (a fresh iterator of the split)."""
+def _validate(cfg, d: Dist, model, factory, data_kw, loss_cfg, step: int, aux: UserTranscriptTask | None = None
+              ) -> dict[str, Any]:
+    """Held-out loss and top-1 accuracies (text, semantic, acoustic; with `aux`, the user transcript's) over
+    `val_batches` global batches (each rank its grad_accum micro-batches of each), the same batches every time
+    (a fresh iterator of the split)."""
     model.eval()
-    sums = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0}
+    sums = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0} | ({"user_text_loss": 0.0} if aux else {})
     counts: dict[str, list[int]] = {}
     n = 0
     # a one-pass held-out loader may end sooner (it gives every rank the same number of batches)
@@ -270,6 +289,12 @@ def _validate(cfg, d: Dist, model, factory, data_kw, loss_cfg, step: int) -> dic
             loss, out = lm_train_loss(model, codes, loss_cfg)
         for k, v in (("loss", loss.total), ("text_loss", loss.text), ("audio_loss", loss.audio)):
             sums[k] += v.item()
+        if aux is not None:
+            heard, ok, total = aux(out, batch.user_text)
+            sums["user_text_loss"] += heard.item()
+            c = counts.setdefault("user_text", [0, 0])
+            c[0] += int(ok)
+            c[1] += int(total)
         for k, (ok, total) in lm_accuracy(out, codes, loss_cfg.audio_codebooks, max(1, model.cfg.n_q // 2)).items():
             c = counts.setdefault(k, [0, 0])
             c[0] += ok
@@ -281,8 +306,7 @@ def _validate(cfg, d: Dist, model, factory, data_kw, loss_cfg, step: int) -> dic
                       **{f"{k}_n": v[1] for k, v in counts.items()}}, d)
     if n == 0:  # no held-out data (data.val_share = 0, or too little data)
         return {"step": step, "split": "val", "loss": None}
-    rec: dict[str, Any] = {"step": step, "split": "val", "loss": means["loss"], "text_loss": means["text_loss"],
-                           "audio_loss": means["audio_loss"]}
+    rec: dict[str, Any] = {"step": step, "split": "val", **{k: means[k] for k in sums}}
     for k in counts:
         rec[f"{k}_acc"] = means[f"{k}_ok"] / means[f"{k}_n"] if means[f"{k}_n"] else None
     return rec

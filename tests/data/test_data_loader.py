@@ -226,3 +226,35 @@ def test_batches_feed_the_model_and_its_loss(prepared):
         with torch.no_grad():
             loss = lm_loss(model(codes), codes, LossConfig.for_model(lm_cfg))
         assert torch.isfinite(loss.total), (batch.text_only, loss)
+
+
+def test_user_text_comes_cropped_with_its_window(prepared):
+    """`user_text=True`: each row's user words are the same frames of the same conversation as its codes (-1 in
+    mono, past the end, and in text-only batches); the crops are those of a loader without it."""
+    index, _ = prepared
+    users = {}
+    for c in index.chunks:
+        for i in c.items:
+            if i.kind != "text":
+                users[i.source] = np.asarray(index.user_text_array(c.name))[i.offset:i.offset + i.length]
+    plain = take(LMDataLoader(index, cfg(frames=24, text_only_share=0.3)), 10)
+    with_user = take(LMDataLoader(index, cfg(frames=24, text_only_share=0.3, user_text=True)), 10)
+    assert all(b.user_text is None for b in plain)
+    seen_words = 0
+    for a, b in zip(plain, with_user, strict=True):
+        assert np.array_equal(a.codes.numpy(), b.codes.numpy()) and a.text_only == b.text_only
+        assert b.user_text.shape == (b.codes.shape[0], 24) and str(b.user_text.dtype) == "torch.int64"
+        if b.text_only:
+            assert (b.user_text == -1).all()
+            continue
+        for row, user in zip(b.codes.numpy(), b.user_text.numpy(), strict=True):
+            source, start = locate(row, index, 24)
+            expected = np.full(24, -1)
+            part = users[source][start:start + 24]
+            expected[:len(part)] = part
+            assert user.tolist() == expected.tolist()
+            seen_words += int((user > 3).sum())
+    assert seen_words > 0
+    # the option changes no batch, so a position saved without it resumes with it
+    loader = LMDataLoader(index, cfg(frames=24, user_text=True))
+    loader.load_state_dict(LMDataLoader(index, cfg(frames=24)).state_dict())

@@ -11,7 +11,14 @@ from data_testutils import small_dataset, tiny_model_folder, write_conversation,
 
 from openmoshi.cli import main as cli
 from openmoshi.data import prepare as prep
-from openmoshi.data.manifest import moshi_words, read_channels, read_manifest, read_sidecar, read_text_file
+from openmoshi.data.manifest import (
+    moshi_words,
+    read_channels,
+    read_manifest,
+    read_sidecar,
+    read_text_file,
+    user_words,
+)
 from openmoshi.data.prepare import PrepareError, PrepareOptions, ensure_prepared, load_codec, prepare
 from openmoshi.data.shards import read_index
 from openmoshi.data.text_grid import text_stream
@@ -65,6 +72,14 @@ def test_codes_and_text_equal_a_direct_computation(tmp_path, codec):
                                ident.text_pad_id, ident.text_epad_id)
             assert grid[:, 0].tolist() == text.tolist()
             assert (grid[:, 0] != ident.text_pad_id).sum() > 3  # words really are there
+            user = np.asarray(index.user_text_array(chunk.name))[item.offset:item.offset + item.length]
+            if len(channels) == 1:  # no user in single-stream speech
+                assert (user == -1).all()
+            else:  # the user's words on the same grid, by the same rule
+                expected = text_stream(user_words(words, 2), len(grid), ident.frame_rate, tok.encode,
+                                       ident.text_pad_id, ident.text_epad_id)
+                assert user.tolist() == expected.tolist()
+                assert (user > ident.text_pad_id).sum() >= 2 and not np.array_equal(user, grid[:, 0])
             assert item.length == -(-len(channels[0]) // mimi.frame_size)
     assert kinds == ["stereo", "stereo", "mono", "stereo", "stereo", "text"]
     assert index.summary["conversations"] == 4 and index.summary["mono"] == 1

@@ -20,7 +20,8 @@ from lm_train_testutils import read_metrics, tiny_config  # noqa: E402
 from openmoshi.train.lm_trainer import train_lm  # noqa: E402
 
 SETS = ["train.batch_size=4", "train.checkpoint_every=2", "loss.text_mask_prob=0.5", "schedule.kind=constant",
-        "schedule.warmup_steps=0", "train.activation_checkpointing=true", "train.val_every=4", "train.val_batches=1"]
+        "schedule.warmup_steps=0", "train.activation_checkpointing=true", "train.val_every=4", "train.val_batches=1",
+        "loss.user_text_weight=0.5"]  # the training-only head is sharded and resharded like the model
 
 
 def free_port() -> int:
@@ -50,17 +51,18 @@ def test_two_processes_equal_one_with_accumulation(tmp_path):
     a, b = read_metrics(one), read_metrics(two)
     assert [r["step"] for r in a] == [1, 2, 3, 4, 5, 6] and [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b, strict=False):
-        for key in ("loss", "text_loss", "audio_loss", "grad_norm"):
+        for key in ("loss", "text_loss", "audio_loss", "user_text_loss", "grad_norm"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5), (ra["step"], key)
     va, vb = read_metrics(one, "val"), read_metrics(two, "val")
     assert vb[0]["loss"] == pytest.approx(va[0]["loss"], rel=1e-5)
+    assert vb[0]["user_text_loss"] == pytest.approx(va[0]["user_text_loss"], rel=1e-5)
     # the 2-rank sharded step-4 checkpoint, resumed by one process for 2 more steps: the same curve and weights
     train_lm(tiny_config(*SETS, "train.grad_accum=2", "train.steps=6"), two, resume=True, progress=False,
              log=lambda _m: None)
     b = read_metrics(two)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a[4:], b[4:], strict=True):
-        for key in ("loss", "text_loss", "audio_loss"):
+        for key in ("loss", "text_loss", "audio_loss", "user_text_loss"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5), (ra["step"], key)
     wa = load_file(one / "export" / "model.safetensors")
     wb = load_file(two / "export" / "model.safetensors")
