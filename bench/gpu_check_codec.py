@@ -149,7 +149,7 @@ def part_train_codec(args) -> dict:
         sf.write(folder / "clip.wav", wav.astype(np.float32), 24000)
         preset = "tiny" if args.tiny else "mimi"
         sets = [f"data.source={folder}", f"train.steps={steps}", "train.log_every=1", "train.val_every=0",
-                "train.checkpoint_every=0", f"train.device={args.device}", "loss.adversarial_start=0",
+                "train.checkpoint_every=0", f"train.device={args.device}", "loss.phases.adversarial_start=0",
                 "train.batch_size=2" if args.tiny else "train.batch_size=16",
                 f"data.segment_seconds={0.5 if args.tiny else 2.0}"]
         cfg = resolve_config(CodecTrainConfig, preset, CODEC_TRAIN_PRESETS, sets)

@@ -47,8 +47,8 @@ CONFIGS = {
 
 # codec configs: (preset, overrides); measured by `codec_child`
 CODEC_CONFIGS = {
-    "codec-tiny": ("tiny", ["train.batch_size=4", "loss.adversarial_start=0"]),
-    "codec-mimi": ("mimi", ["train.batch_size=2", "data.segment_seconds=1.0", "loss.adversarial_start=0"]),
+    "codec-tiny": ("tiny", ["train.batch_size=4", "loss.phases.adversarial_start=0"]),
+    "codec-mimi": ("mimi", ["train.batch_size=2", "data.segment_seconds=1.0", "loss.phases.adversarial_start=0"]),
 }
 
 

@@ -22,7 +22,7 @@ PRESET_NAMES = ("tiny", "nano", "mimi")  # codec_config.CODEC_TRAIN_PRESETS, nam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser, PRESET_NAMES, "codec", "loss.adversarial=0")
+    add_run_arguments(parser, PRESET_NAMES, "codec", "loss.reconstruction.adversarial=0")
     parser.add_argument("--init", default=None, metavar="FILE.safetensors",
                         help="start from these Mimi weights (Kyutai's or an export of ours; same architecture)")
     parser.add_argument("--data", default=None, metavar="FOLDER|MANIFEST",

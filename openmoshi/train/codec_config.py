@@ -4,7 +4,9 @@ Sections (each a dataclass; YAML and `--set` go through the shared strict mechan
 - `model`: the Mimi architecture (`preset` of MIMI_PRESETS plus MimiConfig field `overrides`, as config.json's
   "mimi" object), or `init`: a safetensors file (Kyutai's Mimi or an export of ours) to start from;
 - `quantizer`: the training-only quantizer behaviours (`codec.quantizer.QuantizerTraining`);
-- `loss`: weights and options of the step (`codec_step.CodecLossConfig`, the mel scales nested);
+- `loss`: what the step optimises (`codec_step.CodecLossConfig`): the `reconstruction` loss weights, the
+  `balancer` over them, the `auxiliary` loss weights, the `phases` (the steps at which the discriminator and the
+  decoder-only phase start), the `mel_scales`, `unquantized_share` and `grad_clip`;
 - `discriminator`: the multi-scale STFT discriminator's size;
 - `teacher`: "none" or "whisper-tiny.en" (`teachers.py`), computed on the fly from each batch;
 - `weight_ema`: decay of the exported weight average (None: export the raw weights);
@@ -26,7 +28,7 @@ from typing import Any
 from ..codec.quantizer import QuantizerTraining
 from .codec_data import CodecDataConfig
 from .codec_losses import MelLossConfig
-from .codec_step import CodecLossConfig
+from .codec_step import AuxiliaryWeights, BalancerConfig, CodecLossConfig, CodecPhases, ReconstructionWeights
 from .config import LoopConfig, OptimConfig, ScheduleConfig
 from .discriminators import DiscriminatorConfig
 
@@ -99,8 +101,12 @@ def tiny() -> CodecTrainConfig:
     return CodecTrainConfig(
         model=CodecModelSection("tiny"),
         quantizer=QuantizerTraining(ema_decay=0.9, dead_code_ratio=0.1, dropout_prob=0.5),
-        loss=CodecLossConfig(mel=1.0, adversarial=1.0, feature_matching=1.0, unquantized_share=0.5,
-                             adversarial_start=100, mel_scales=MelLossConfig(n_ffts=(64, 128, 256, 512), n_mels=32)),
+        loss=CodecLossConfig(
+            reconstruction=ReconstructionWeights(mel=1.0, adversarial=1.0, feature_matching=1.0),
+            phases=CodecPhases(adversarial_start=100),
+            mel_scales=MelLossConfig(n_ffts=(64, 128, 256, 512), n_mels=32),
+            unquantized_share=0.5,
+        ),
         discriminator=DiscriminatorConfig.tiny(),
         weight_ema=0.9,
         optim=CodecOptimConfig(lr=3e-3, betas=(0.5, 0.9), weight_decay=0.0, grad_clip=0.0),
@@ -113,8 +119,11 @@ def mimi() -> CodecTrainConfig:
     return CodecTrainConfig(
         model=CodecModelSection("mimi"),
         quantizer=QuantizerTraining(ema_decay=0.99, dead_code_ratio=0.1, dropout_prob=0.5),
-        loss=CodecLossConfig(mel=1.0, adversarial=3.0, feature_matching=3.0, unquantized_share=0.5,
-                             adversarial_start=5000),
+        loss=CodecLossConfig(
+            reconstruction=ReconstructionWeights(mel=1.0, adversarial=3.0, feature_matching=3.0),
+            phases=CodecPhases(adversarial_start=5000),
+            unquantized_share=0.5,
+        ),
         discriminator=DiscriminatorConfig.mimi(),
         weight_ema=0.99,
         optim=CodecOptimConfig(lr=8e-4, betas=(0.5, 0.9), weight_decay=0.0, grad_clip=0.0),
@@ -149,9 +158,14 @@ def nano() -> CodecTrainConfig:
     return CodecTrainConfig(
         model=CodecModelSection("mimi", overrides={k: v for k, v in NANO_MIMI.items() if k != "preset"}),
         quantizer=QuantizerTraining(ema_decay=0.99, dead_code_ratio=0.1, dropout_prob=0.5),
-        loss=CodecLossConfig(mel=1.0, adversarial=1.0, feature_matching=1.0, unquantized_share=0.5,
-                             adversarial_start=14500, discriminator_start=14000, encoder_frozen_from=11500,
-                             mel_scales=MelLossConfig(floor=1e-2, linear=1.0)),
+        loss=CodecLossConfig(
+            reconstruction=ReconstructionWeights(mel=1.0, adversarial=1.0, feature_matching=1.0),
+            balancer=BalancerConfig(enabled=True),
+            auxiliary=AuxiliaryWeights(commitment=1.0, distillation=1.0),
+            phases=CodecPhases(adversarial_start=14500, discriminator_start=14000, encoder_frozen_from=11500),
+            mel_scales=MelLossConfig(floor=1e-2, linear=1.0),
+            unquantized_share=0.5,
+        ),
         discriminator=DiscriminatorConfig(filters=8, n_ffts=(1024, 512, 256), dilations=(1, 2, 4)),
         weight_ema=0.99,
         optim=CodecOptimConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0, grad_clip=0.0),

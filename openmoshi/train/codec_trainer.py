@@ -10,8 +10,9 @@ metrics line (each loss, codebook perplexity, dead codes, seconds of audio per s
 held-out clips' mel distance (the validation loss) and their reconstructions in RUN/samples/step_N/ (original,
 0.25 s of silence, reconstruction, in one wav); every `checkpoint_every` a checkpoint. At the end RUN/export/
 (`codec_export.export_codec`: the weight EMA in Kyutai's naming and config.json). With
-`loss.encoder_frozen_from`, the first step of the decoder-only phase sets the encoder side to its weight average,
-freezes it and exports RUN/export-frozen/: its codes are those of every later export (the decoder differs).
+`loss.phases.encoder_frozen_from`, the first step of the decoder-only phase sets the encoder side to its weight
+average, freezes it and exports RUN/export-frozen/: its codes are those of every later export (the decoder
+differs).
 
 Distributed: each rank crops its share of the global batch; gradients are averaged by FSDP2; the EMA codebooks
 all-reduce their statistics; the balancer averages its norms over ranks.
@@ -222,11 +223,11 @@ def _loop(cfg: CodecTrainConfig, d: Dist, parts: CodecParts, optims, data: Audio
     t0 = time.perf_counter()
     bar = tqdm(total=t.steps, initial=start, disable=not (progress and d.is_main), desc="train codec", unit="step",
                dynamic_ncols=True)
-    ahead = _ReadAhead(data, teacher, start, t.steps, cfg.loss.encoder_frozen)
+    ahead = _ReadAhead(data, teacher, start, t.steps, cfg.loss.phases.encoder_frozen)
     frozen = False
     try:
         for step in range(start, t.steps):
-            if not frozen and cfg.loss.encoder_frozen(step):
+            if not frozen and cfg.loss.phases.encoder_frozen(step):
                 freeze_encoder(parts)
                 frozen = True
                 if d.is_main and not (run / FROZEN_EXPORT / "mimi.safetensors").is_file():
@@ -238,7 +239,7 @@ def _loop(cfg: CodecTrainConfig, d: Dist, parts: CodecParts, optims, data: Audio
             wav, feats = ahead.take(step)
             batch = CodecBatch(wav.to(d.device), feats.to(d.device) if feats is not None else None)
             out = codec_step(parts, optims, batch, cfg.loss, step)
-            for k, v in out.items():  # per key: a loss may start mid-window (adversarial_start)
+            for k, v in out.items():  # per key: a loss may start mid-window (loss.phases.adversarial_start)
                 window[k] = window.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             audio_seconds += wav.shape[0] * wav.shape[-1] / parts.mimi.sample_rate * d.world_size

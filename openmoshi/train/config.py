@@ -6,7 +6,8 @@ One mechanism for every trainer (the LM's in `lm_config.py`, the codec's in its 
   `--set section.key=value` overrides (values parsed as YAML scalars: `3e-4`, `true`, `[0, 1]`, `null`);
 - every key is checked: an unknown key is refused by its dotted name (with the known ones), a value of the wrong
   type is refused naming the key, the expected type and the value. Nothing is coerced silently except an integer
-  given for a float;
+  given for a float. A section whose keys were regrouped lists its old keys in a `MOVED_KEYS` class attribute
+  (old key -> new dotted key within the section): an old key is refused with the name of its new place;
 - `dump_yaml(config)` writes the resolved config (saved as RUN/config.yaml), which `resolve_config` reads back to
   the same object.
 
@@ -162,8 +163,28 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _refuse_moved_keys(cls: type, values: Mapping[str, Any], prefix: str) -> None:
+    """ConfigError naming the new place of every key of `values` that `cls.MOVED_KEYS` lists as moved: a key
+    that is no longer a field, or one that became a section and is given a plain value."""
+    moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})
+    if not moved:
+        return
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    found = []
+    for key, value in values.items():
+        if key not in moved:
+            continue
+        if key not in names or (dataclasses.is_dataclass(hints[key]) and not isinstance(value, Mapping)
+                                and not dataclasses.is_dataclass(value)):
+            found.append(f"{_join(prefix, key)} is now {_join(prefix, moved[key])}")
+    if found:
+        raise ConfigError(f"moved config key{'s' if len(found) > 1 else ''}: {'; '.join(found)}")
+
+
 def from_dict(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, strictly (unknown keys and wrong types are ConfigErrors)."""
+    _refuse_moved_keys(cls, values, prefix)
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(names))
@@ -198,6 +219,7 @@ def to_dict(obj: Any) -> Any:
 
 def merge(obj: T, overrides: Mapping[str, Any], prefix: str = "") -> T:
     """A copy of dataclass `obj` with a nested mapping of overrides applied (strictly checked)."""
+    _refuse_moved_keys(type(obj), overrides, prefix)
     hints = _hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
     changes = {}

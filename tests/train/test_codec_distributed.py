@@ -25,8 +25,8 @@ from openmoshi.train.config import resolve_config
 
 SETS = ["train.steps=3", "train.batch_size=4", "train.log_every=1", "train.val_every=0", "train.checkpoint_every=3",
         "data.segment_seconds=0.1", "quantizer.dropout_prob=0.0", "quantizer.dead_code_ratio=0.0",
-        "quantizer.init_from_data=false", "loss.unquantized_share=0.0", "loss.feature_matching=0.0",
-        "loss.adversarial_start=1"]
+        "quantizer.init_from_data=false", "loss.unquantized_share=0.0", "loss.reconstruction.feature_matching=0.0",
+        "loss.phases.adversarial_start=1"]
 
 
 def _config(data: str) -> CodecTrainConfig:

@@ -17,7 +17,15 @@ from openmoshi.model_files import resolve_model_files
 from openmoshi.nn.streaming import streaming
 from openmoshi.testing.mimi_init import randomize_model, reference_shapes, to_published_naming
 from openmoshi.train.codec_export import export_codec, mimi_overrides
-from openmoshi.train.codec_step import CodecBatch, CodecLossConfig, codec_optimizers, codec_parts, codec_step
+from openmoshi.train.codec_step import (
+    BalancerConfig,
+    CodecBatch,
+    CodecLossConfig,
+    ReconstructionWeights,
+    codec_optimizers,
+    codec_parts,
+    codec_step,
+)
 
 
 @pytest.mark.parametrize("cfg", [MimiConfig.tiny(), MimiConfig.mimi()], ids=["tiny", "mimi"])
@@ -37,7 +45,7 @@ def test_names_round_trip(cfg: MimiConfig) -> None:
 
 def _train(mimi: Mimi, wav: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
     mimi.quantizer.training_options = QuantizerTraining(ema_decay=0.9, dropout_prob=0.5)
-    cfg = CodecLossConfig(adversarial=0, feature_matching=0, balancer=False)
+    cfg = CodecLossConfig(ReconstructionWeights(adversarial=0, feature_matching=0), BalancerConfig(enabled=False))
     parts = codec_parts(mimi, cfg, ema_decay=0.5)
     optims = codec_optimizers(parts, lr=1e-3)
     for _ in range(steps):

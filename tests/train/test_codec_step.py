@@ -10,12 +10,17 @@ from openmoshi.audio import read_audio
 from openmoshi.codec.mimi import Mimi, MimiConfig
 from openmoshi.codec.quantizer import QuantizerTraining
 from openmoshi.train.codec_step import (
+    AuxiliaryWeights,
+    BalancerConfig,
     CodecBatch,
     CodecLossConfig,
+    CodecPhases,
+    ReconstructionWeights,
     codec_optimizers,
     codec_parts,
     codec_step,
 )
+from openmoshi.train.config import ConfigError, merge, resolve_config
 from openmoshi.train.discriminators import DiscriminatorConfig, MultiScaleSTFTDiscriminator
 from openmoshi.train.ema import WeightEMA
 
@@ -31,7 +36,8 @@ def test_step_overfits_a_second_of_speech() -> None:
     torch.manual_seed(0)
     mimi = Mimi(MimiConfig.tiny())
     mimi.quantizer.training_options = QuantizerTraining(ema_decay=0.8)
-    cfg = CodecLossConfig(adversarial=0, feature_matching=0, unquantized_share=0.0, balancer=False)
+    cfg = CodecLossConfig(ReconstructionWeights(adversarial=0, feature_matching=0), BalancerConfig(enabled=False),
+                          unquantized_share=0.0)
     parts = codec_parts(mimi, cfg)
     optims = codec_optimizers(parts, lr=3e-3)
     batch = CodecBatch(_speech(1.0))
@@ -51,7 +57,7 @@ def test_full_step_with_discriminator_balancer_distillation_and_ema() -> None:
     mimi = Mimi(MimiConfig.tiny())
     mimi.quantizer.training_options = QuantizerTraining(ema_decay=0.9, dropout_prob=0.5)
     disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig.tiny())
-    cfg = CodecLossConfig(l1=0.1, grad_clip=1.0)
+    cfg = CodecLossConfig(ReconstructionWeights(l1=0.1), grad_clip=1.0)
     parts = codec_parts(mimi, cfg, disc, teacher_dim=6, ema_decay=0.5)
     optims = codec_optimizers(parts, lr=1e-3)
     assert parts.balancer is not None and parts.distillation is not None and optims.discriminator is not None
@@ -82,11 +88,19 @@ def test_step_configuration_errors() -> None:
     mimi = Mimi(MimiConfig.tiny())
     with pytest.raises(ValueError, match="need a discriminator"):
         codec_parts(mimi, CodecLossConfig())
-    with pytest.raises(ValueError, match="loss.mel"):
-        CodecLossConfig(mel=-1)
+    with pytest.raises(ValueError, match=r"loss\.reconstruction\.mel must be a finite number >= 0"):
+        ReconstructionWeights(mel=-1)
     with pytest.raises(ValueError, match="at least one"):
-        CodecLossConfig(mel=0, adversarial=0, feature_matching=0)
-    cfg = CodecLossConfig(adversarial=0, feature_matching=0)
+        ReconstructionWeights(mel=0, adversarial=0, feature_matching=0)
+    with pytest.raises(ValueError, match=r"loss\.auxiliary\.distillation"):
+        AuxiliaryWeights(distillation=float("nan"))
+    with pytest.raises(ValueError, match=r"loss\.grad_clip"):
+        CodecLossConfig(grad_clip=-1)
+    with pytest.raises(ValueError, match=r"loss\.unquantized_share"):
+        CodecLossConfig(unquantized_share=1.5)
+    with pytest.raises(ValueError, match=r"loss\.phases\.encoder_frozen_from"):
+        CodecPhases(encoder_frozen_from=-1)
+    cfg = CodecLossConfig(ReconstructionWeights(adversarial=0, feature_matching=0))
     parts = codec_parts(mimi, cfg)
     with pytest.raises(ValueError, match=r"\[B, 1, T\]"):
         codec_step(parts, codec_optimizers(parts), CodecBatch(torch.randn(2, 480)), cfg)
@@ -119,7 +133,7 @@ def test_generator_ignores_the_discriminator_before_adversarial_start() -> None:
     torch.manual_seed(2)
     mimi = Mimi(MimiConfig.tiny())
     disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig.tiny())
-    cfg = CodecLossConfig(adversarial_start=3)
+    cfg = CodecLossConfig(phases=CodecPhases(adversarial_start=3))
     parts = codec_parts(mimi, cfg, disc, ema_decay=None)
     optims = codec_optimizers(parts)
     wav = torch.randn(2, 1, 480) * 0.1
@@ -136,7 +150,7 @@ def test_discriminator_waits_for_discriminator_start() -> None:
     torch.manual_seed(3)
     mimi = Mimi(MimiConfig.tiny())
     disc = MultiScaleSTFTDiscriminator(DiscriminatorConfig.tiny())
-    cfg = CodecLossConfig(adversarial_start=4, discriminator_start=2)
+    cfg = CodecLossConfig(phases=CodecPhases(adversarial_start=4, discriminator_start=2))
     parts = codec_parts(mimi, cfg, disc, ema_decay=None)
     optims = codec_optimizers(parts)
     wav = torch.randn(2, 1, 480) * 0.1
@@ -147,5 +161,36 @@ def test_discriminator_waits_for_discriminator_start() -> None:
     warm = codec_step(parts, optims, CodecBatch(wav), cfg, step=2)
     assert "discriminator" in warm and "adversarial" not in warm
     assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))
-    with pytest.raises(ValueError, match="discriminator_start"):
-        CodecLossConfig(adversarial_start=4, discriminator_start=5)
+    with pytest.raises(ValueError, match=r"loss\.phases\.discriminator_start"):
+        CodecPhases(adversarial_start=4, discriminator_start=5)
+
+
+def test_loss_section_keys_and_the_old_flat_keys() -> None:
+    """The nested keys set what they name; a key of the old flat layout is refused with its new place, whether
+    from --set or from a YAML file (a run's config.yaml written before the change), and nothing is read."""
+    from openmoshi.train.codec_config import CODEC_TRAIN_PRESETS, CodecTrainConfig
+
+    def resolve(*sets: str) -> CodecTrainConfig:
+        return resolve_config(CodecTrainConfig, "tiny", CODEC_TRAIN_PRESETS, sets)
+
+    cfg = resolve("loss.reconstruction.l1=0.5", "loss.balancer.enabled=false", "loss.balancer.total_norm=2",
+                  "loss.auxiliary.distillation=0", "loss.phases.discriminator_start=50").loss
+    assert (cfg.reconstruction.l1, cfg.reconstruction.adversarial, cfg.balancer.enabled, cfg.balancer.total_norm,
+            cfg.auxiliary.distillation, cfg.phases.discriminator_start, cfg.phases.adversarial_start) == (
+        0.5, 1.0, False, 2.0, 0.0, 50, 100)
+    for old, new in (("loss.balancer_total_norm=2", "loss.balancer_total_norm is now loss.balancer.total_norm"),
+                     ("loss.balancer=false", "loss.balancer is now loss.balancer.enabled"),
+                     ("loss.mel=2", "loss.mel is now loss.reconstruction.mel"),
+                     ("loss.commitment=0", "loss.commitment is now loss.auxiliary.commitment"),
+                     ("loss.encoder_frozen_from=5", "loss.encoder_frozen_from is now loss.phases.encoder_frozen_from")):
+        with pytest.raises(ConfigError, match=new):
+            resolve(old)
+    with pytest.raises(ConfigError, match=r"loss\.phases: loss\.phases\.discriminator_start must lie between"):
+        resolve("loss.phases.discriminator_start=101")
+    with pytest.raises(ConfigError, match=r"loss\.reconstruction\.mel must be"):
+        resolve("loss.reconstruction.mel=-1")
+    base = CODEC_TRAIN_PRESETS["tiny"]()
+    with pytest.raises(ConfigError) as err:
+        merge(base, {"loss": {"mel": 1.0, "adversarial_start": 5, "balancer": True, "grad_clip": 0.0}})
+    assert str(err.value) == ("moved config keys: loss.mel is now loss.reconstruction.mel; loss.adversarial_start "
+                              "is now loss.phases.adversarial_start; loss.balancer is now loss.balancer.enabled")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from openmoshi.cli import main as cli_main
 from openmoshi.train.codec_export import ENCODER_SIDE, codes_differ
 
-FAST = ["--set", "data.segment_seconds=0.1", "--set", "loss.adversarial_start=2", "--set", "train.batch_size=2",
+FAST = ["--set", "data.segment_seconds=0.1", "--set", "loss.phases.adversarial_start=2", "--set", "train.batch_size=2",
         "--set", "data.held_out_seconds=0.2", "--set", "train.log_every=2", "--set", "train.val_every=4",
         "--set", "train.checkpoint_every=2", "--threads", "1", "--no-progress"]
 
@@ -73,7 +73,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path) -> None:
 def test_encoder_frozen_from_keeps_the_codes_and_trains_the_decoder(tmp_path) -> None:
     data = _audio(tmp_path / "audio")
     base = ["train", "codec", "tiny", "--data", str(data), *FAST, "--set", "train.val_every=0",
-            "--set", "loss.encoder_frozen_from=3"]
+            "--set", "loss.phases.encoder_frozen_from=3"]
     assert cli_main([*base, "--out", str(tmp_path / "full"), "--steps", "6"]) == 0
     frozen = load_file(tmp_path / "full" / "export-frozen" / "mimi.safetensors")
     final = load_file(tmp_path / "full" / "export" / "mimi.safetensors")
@@ -117,6 +117,8 @@ def test_user_mistakes(tmp_path, capsys) -> None:
     assert "no training audio" in err("tiny", "--out", str(tmp_path / "r"))
     assert "not found" in err("tiny", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert "unknown config key" in err("tiny", "--data", str(data), "--set", "loss.mell=1")
+    assert "loss.balancer_total_norm is now loss.balancer.total_norm" in err(
+        "tiny", "--data", str(data), "--set", "loss.balancer_total_norm=2")  # a key of the old flat layout
     assert "unknown preset" in err("huge", "--data", str(data))
     assert "no such weights file" in err("tiny", "--data", str(data), "--init", str(tmp_path / "none.safetensors"))
     (tmp_path / "w.safetensors").write_bytes(b"not safetensors")

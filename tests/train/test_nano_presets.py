@@ -26,7 +26,7 @@ def test_codec_preset_is_a_12_5_hz_mimi_with_8_codebooks() -> None:
     assert m.frame_rate == 12.5 and m.frame_size == 1920
     assert m.num_codebooks == 8 and m.quantizer.num_codebooks == 8 and m.quantizer.codebook_size == 1024
     assert m.quantizer.num_semantic == 1 and m.seanet.dimension == 128
-    assert cfg.train.checkpoint_every > 0 and cfg.train.steps > cfg.loss.adversarial_start
+    assert cfg.train.checkpoint_every > 0 and cfg.train.steps > cfg.loss.phases.adversarial_start
 
 
 def test_codec_preset_takes_a_step() -> None:
