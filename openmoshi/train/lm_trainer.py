@@ -180,7 +180,7 @@ def train_lm(cfg: LMTrainConfig, run: str | Path, *, resume: bool = False, progr
             say(f"resuming {run} at step {start} (from {latest.name})")
     metrics = MetricsLog(run, resume_step=start) if d.is_main else None
     loss_cfg = loss_config(source.cfg, cfg.loss)
-    result = _loop(cfg, d, model, optimizer, train_data, factory, data_kw, loss_cfg, ckpt, models, optims, start,
+    result = _loop(cfg, d, model, train_data, factory, data_kw, loss_cfg, ckpt, models, optims, start,
                    metrics, progress, aux)
     export = None
     if result["step"] >= t.steps:
@@ -197,7 +197,7 @@ def _autocast(cfg: LMTrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
 
-def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg, ckpt, models, optims, start,
+def _loop(cfg, d: Dist, model, train_data, factory, data_kw, loss_cfg, ckpt, models, optims, start,
           metrics, progress, aux: UserTranscriptTask | None = None) -> dict[str, Any]:
     """The steps. "loss" in the metrics is the LM's (text + audio); with `aux` the step also minimises
     aux.weight x the user-transcript loss, logged as "user_text_loss"."""
@@ -215,9 +215,9 @@ def _loop(cfg, d: Dist, model, optimizer, train_data, factory, data_kw, loss_cfg
                dynamic_ncols=True)
     step = start
     for step in range(start, t.steps):
-        lr_mult = set_lr(optimizer, step, t.steps, cfg.schedule)
-        for _, opt in optims.values():
-            set_lr(opt, step, t.steps, cfg.schedule)
+        lr_mult = 1.0
+        for _, opt in optims.values():  # the LM's, and the user-transcript head's: one schedule
+            lr_mult = set_lr(opt, step, t.steps, cfg.schedule)
             opt.zero_grad(set_to_none=True)
         parts = torch.zeros(len(names), dtype=torch.float64)
         frames = 0
