@@ -59,7 +59,8 @@ def user_transcript_loss(head: nn.Module, hidden: torch.Tensor, user_text: torch
     """(loss, correct, counted) of the head on hidden [B, T, D] against user_text [B, T] shifted by `shift`.
 
     loss: the weighted mean cross-entropy over positions with a target (0 when there is none); correct /
-    counted: top-1 hits and targets (all weights alike), as tensors (no host sync here).
+    counted: top-1 hits and targets among the word pieces (not PAD / EPAD, which fill most frames: a head
+    that always says PAD scores 0 here), as tensors (no host sync here).
     """
     targets = shifted_targets(user_text.to(hidden.device), shift)
     valid = targets >= 0
@@ -70,8 +71,9 @@ def user_transcript_loss(head: nn.Module, hidden: torch.Tensor, user_text: torch
     logits = head(hidden)
     loss = weighted_ce(logits, targets, weights)
     with torch.no_grad():
-        correct = ((logits.argmax(-1) == targets) & valid).sum()
-    return loss, correct, valid.sum()
+        words = valid & ~is_pad
+        correct = ((logits.argmax(-1) == targets) & words).sum()
+    return loss, correct, words.sum()
 
 
 @dataclass

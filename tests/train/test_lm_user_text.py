@@ -41,9 +41,17 @@ def test_loss_weighs_words_and_padding_and_ignores_missing_targets():
     ce = F.cross_entropy(head(hidden).flatten(0, 1), targets.clamp_min(0).flatten(), reduction="none")
     w = torch.where((targets == 3) | (targets == 0), 0.5, 1.0).flatten() * (targets >= 0).flatten()
     assert loss.item() == pytest.approx(((ce * w).sum() / w.sum()).item(), rel=1e-5)
-    assert int(n) == int((targets >= 0).sum()) == 10
-    hits = ((head(hidden).argmax(-1) == targets) & (targets >= 0)).sum()
+    words = (targets >= 0) & (targets != 3) & (targets != 0)  # accuracy counts the word pieces only
+    assert int(n) == int(words.sum()) == 5
+    hits = ((head(hidden).argmax(-1) == targets) & words).sum()
     assert int(ok) == int(hits)
+    always_pad = UserTranscriptHead(8, 12)
+    with torch.no_grad():
+        always_pad.linear.weight.zero_()
+        always_pad.linear.weight[3] = 1.0
+    _, ok_pad, _ = user_transcript_loss(always_pad, hidden.abs() + 1, user, shift=1, padding_ids=(3, 0),
+                                        padding_weight=0.5)
+    assert int(ok_pad) == 0
     none, _, n0 = user_transcript_loss(head, hidden, torch.full_like(user, -1), shift=1, padding_ids=(3, 0),
                                        padding_weight=0.5)
     assert none.item() == 0 and int(n0) == 0
